@@ -1,0 +1,57 @@
+"""PID 1: load the plan from the image, run the stages, never die.
+
+Everything here is imported at boot, so its imports are the init's import
+budget: the builder freezes exactly the modules this module and the planned
+stages pull in (see packaging/freeze.py).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+# Imported here, not lazily, because the initramfs is deleted before the last
+# stage execs the real init: nothing may be imported after that point.
+from initium import linux, ops, syscalls  # noqa: F401
+from initium.cmdline import Cmdline
+from initium.console import Console, fd_writer
+from initium.options import BootOptions
+from initium.plan import PLAN_PATH, Plan, PlanError
+from initium.runner import Runner
+from initium.stage import BootContext
+from initium.system import LiveSystem
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+def _last_resort(console: Console, message: str) -> NoReturn:
+    """When even the runner failed: say so, then halt; sleep if halting fails too."""
+    console.error(message)
+    try:
+        os.sync()
+        syscalls.reboot(linux.LINUX_REBOOT_CMD_HALT)
+    except BaseException:
+        pass
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:
+            continue
+
+
+def boot() -> NoReturn:
+    started = time.monotonic()
+    console = Console(fd_writer(1))
+    try:
+        sys = LiveSystem(log=console.debug)
+        try:
+            plan = Plan.from_json(sys.read_bytes(PLAN_PATH))
+            stages = plan.load_stages()
+        except (OSError, PlanError) as err:
+            _last_resort(console, f"the image is broken: {err}; rebuild it with initium build")
+        ctx = BootContext(sys, Cmdline(), BootOptions(), plan, console)
+        outcome = Runner(stages, ctx, started).run()
+        _last_resort(console, f"boot ended without switching root ({outcome.reason})")
+    except BaseException as err:
+        _last_resort(console, f"internal error: {type(err).__name__}: {err}")

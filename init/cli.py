@@ -1,0 +1,241 @@
+"""``initium``: build, dry-run, boot-test and inspect images.
+
+Host-side only (never imported at boot). Errors that users cause end in one
+line on stderr and exit status 2; a dry run that finds the host would not
+boot exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from initium.options import OPTIONS
+
+
+def _cmdline_epilog() -> str:
+    rows = [f"  {o.key}{'=' + o.metavar if o.metavar else ''}" for o in OPTIONS]
+    return ("kernel command-line options understood at boot (see initium.cmdline(7)):\n"
+            + "\n".join(rows))
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="initium",
+        description="An initramfs whose PID 1 is Python: build it, dry-run it on this host, "
+                    "boot it in QEMU, inspect it.",
+        epilog=_cmdline_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = sub.add_parser("build", help="write an image and its manifest",
+                           description="Build a reproducible initramfs image and write "
+                                       "IMG.manifest.json beside it.")
+    build.add_argument("--output", "-o", required=True, metavar="IMG",
+                       help="where to write the image")
+    build.add_argument("--kver", help="kernel version (default: the running kernel when its "
+                                      "modules are installed, else the newest installed)")
+    build.add_argument("--config", metavar="FILE",
+                       help="TOML configuration (see initium.conf(5)); flags override it")
+    build.add_argument("--module", action="append", default=[], metavar="NAME",
+                       help="add a kernel module (with its dependencies); repeatable")
+    build.add_argument("--compress", choices=("zstd", "gzip", "none"),
+                       help="compression of the core, modules and policy components")
+    build.add_argument("--shell", action="store_true", default=None,
+                       help="add busybox for the emergency shell (rd.break, failures)")
+
+    run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
+                         description="Run the stages through the dry-run system: print every "
+                                     "action, change nothing, exit 0 when this host would boot.")
+    run.add_argument("--dry-run", action="store_true", required=True,
+                     help="required: initium never runs stages for real outside PID 1")
+    run.add_argument("--cmdline", help="kernel command line (default: /proc/cmdline)")
+    run.add_argument("--image", metavar="IMG",
+                     help="use this image's plan and files (default: a plan for this host)")
+    run.add_argument("--config", metavar="FILE", help="configuration, when no --image")
+
+    qemu = sub.add_parser("qemu", help="boot an image in QEMU with the serial console here",
+                          description="Boot IMG with its kernel in QEMU (TCG), serial console "
+                                      "on stdout.")
+    qemu.add_argument("image", metavar="IMG")
+    qemu.add_argument("--disk", action="append", default=[], metavar="FILE",
+                      help="a raw disk image (virtio); repeatable")
+    qemu.add_argument("--append", default="", help="extra kernel command line")
+    qemu.add_argument("--kernel", help="kernel image (default: /boot/vmlinuz-KVER of the image)")
+    qemu.add_argument("--memory", default="512M", help="guest memory (default 512M)")
+    qemu.add_argument("--timeout", type=float, default=None,
+                      help="kill QEMU after this many seconds")
+
+    inspect = sub.add_parser("inspect", help="list an image's files and stage order")
+    inspect.add_argument("image", metavar="IMG")
+    return top
+
+
+class UserError(Exception):
+    """A problem to report in one line, not a traceback."""
+
+
+def _build(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from initium.packaging.config import load_config
+    from initium.packaging.image import build_image, manifest_bytes
+    from initium.packaging.kernel import default_kver
+    from initium.packaging.stages import load_stages
+
+    started = time.monotonic()
+    config = load_config(args.config)
+    overrides: dict[str, Any] = {}
+    if args.compress:
+        overrides["compress"] = args.compress
+    if args.shell:
+        overrides["shell"] = True
+    if args.module:
+        overrides["add_modules"] = (*config.add_modules, *args.module)
+    if args.kver:
+        overrides["kver"] = args.kver
+    config = replace(config, **overrides)
+    kver = config.kver or default_kver()
+    epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
+    try:
+        mtime = int(epoch_env) if epoch_env else (config.source_date_epoch or 0)
+    except ValueError:
+        raise UserError(f"SOURCE_DATE_EPOCH={epoch_env!r} is not an integer") from None
+    image, manifest, plan = build_image(config, kver, load_stages(config.stages), mtime)
+    _write_atomically(args.output, image)
+    _write_atomically(args.output + ".manifest.json", manifest_bytes(manifest))
+    parts = ", ".join(f"{c['name']} {c['length']} ({c['compression']})"
+                      for c in manifest["components"])
+    print(f"initium: wrote {args.output}: {len(image)} bytes [{parts}] for {kver}; "
+          f"stages: {' → '.join(plan.names)}; {time.monotonic() - started:.2f} s")
+    return 0
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _read_image(path: str) -> dict[str, tuple[str, Any]]:
+    """Files of an image: path → (component index label, Entry)."""
+    from initium.packaging.compress import split_image
+    from initium.packaging.cpio import read_archive
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise UserError(f"{path}: {err.strerror}") from None
+    files: dict[str, tuple[str, Any]] = {}
+    for index, segment in enumerate(split_image(data)):
+        label = f"#{index} {segment.compression}"
+        for entry in read_archive(segment.payload_uncompressed):
+            files["/" + entry.path] = (label, entry)
+    return files
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import stat
+
+    from initium.plan import PLAN_PATH, Plan
+
+    files = _read_image(args.image)
+    for path, (label, entry) in sorted(files.items()):
+        kind = stat.filemode(entry.mode)
+        extra = f" -> {entry.data.decode(errors='replace')}" if stat.S_ISLNK(entry.mode) else ""
+        size = len(entry.data) if stat.S_ISREG(entry.mode) else 0
+        print(f"{kind} {size:>10} {label:<12} {path}{extra}")
+    if PLAN_PATH in files:
+        plan = Plan.from_json(files[PLAN_PATH][1].data)
+        print(f"kernel: {plan.kver}")
+        print(f"stages: {' → '.join(plan.names)}")
+    else:
+        print("no initium plan in this image")
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    import stat
+
+    from initium.cmdline import parse
+    from initium.console import Console
+    from initium.options import BootOptions
+    from initium.plan import PLAN_PATH, Plan
+    from initium.runner import Runner
+    from initium.stage import BootContext
+    from initium.system import DryRunSystem
+
+    overlay: dict[str, bytes] = {}
+    if args.image:
+        files = _read_image(args.image)
+        overlay = {p: e.data for p, (_, e) in files.items() if stat.S_ISREG(e.mode)}
+        if PLAN_PATH not in overlay:
+            raise UserError(f"{args.image}: no initium plan inside; is it an initium image?")
+        plan = Plan.from_json(overlay[PLAN_PATH])
+        where = f"image {args.image}"
+    else:
+        from initium.packaging.config import load_config
+        from initium.packaging.image import plan_for_host
+
+        plan = plan_for_host(load_config(args.config), os.uname().release)
+        where = "a plan for this host"
+    if args.cmdline is not None:
+        text: str | bytes = args.cmdline
+    else:
+        try:
+            with open("/proc/cmdline", "rb") as f:
+                text = f.read()
+        except OSError as err:
+            raise UserError(f"/proc/cmdline: {err.strerror}; pass --cmdline") from None
+    system = DryRunSystem(overlay)
+    console = Console(lambda line: print(line, end=""), debug=False)
+    ctx = BootContext(system, parse(text), BootOptions(), plan, console)
+    ctx.set_cmdline(ctx.cmdline)
+    system._log = lambda line: print(f"  [{ctx.stage}] {line}")
+    print(f"initium dry run of {where} (kernel {plan.kver}) on {os.uname().release}")
+    print(f"stages: {' → '.join(plan.names)}")
+    outcome = Runner(plan.load_stages(), ctx).run()
+    for note in system.notes:
+        print(f"note: {note}")
+    for problem in outcome.problems:
+        print(f"problem: {problem}")
+    if outcome.ok and not outcome.problems:
+        print("result: this host would boot")
+        return 0
+    reason = outcome.reason if not outcome.ok else "; ".join(outcome.problems)
+    stage = outcome.failed_stage or "plan"
+    print(f"result: this host would NOT boot ({stage}: {reason})")
+    return 1
+
+
+def _qemu(args: argparse.Namespace) -> int:
+    from initium import process
+    from initium.packaging.qemu import boot_argv
+
+    argv = boot_argv(args.image, disks=args.disk, append=args.append, kernel=args.kernel,
+                     memory=args.memory)
+    return process.run(argv, timeout=args.timeout, interactive=True, env=dict(os.environ))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from initium.process import ProcessError
+
+    args = parser().parse_args(argv)
+    handlers = {"build": _build, "run": _dry_run, "qemu": _qemu, "inspect": _inspect}
+    try:
+        return handlers[args.command](args)
+    except UserError as err:
+        print(f"initium: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, ProcessError) as err:
+        # Every typed error of the builder is a ValueError subclass with a
+        # message meant for users (ConfigError, ModuleError, CpioError …).
+        print(f"initium {args.command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

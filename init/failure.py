@@ -1,0 +1,51 @@
+"""What happens after a stage fails or an ``rd.break`` is reached.
+
+The decision is a pure function with a case table in the tests; carrying it
+out goes through the facade like everything else.
+"""
+
+from __future__ import annotations
+
+from initium import ops
+from initium.options import BootOptions
+from initium.plan import Plan
+from initium.record import record
+from initium.system import System
+
+SHELL = "/usr/bin/sh"  # busybox, added by initium build --shell
+
+
+@record
+class Decision:
+    action: str  # shell, halt, poweroff, reboot
+    why: str = ""
+
+
+def decide(options: BootOptions, plan: Plan, *, security: bool = False) -> Decision:
+    """Choose the emergency action.
+
+    A shell needs one in the image and must not be forbidden by ``rd.shell=0``;
+    after a failed security stage that was asked to enforce, no shell is
+    offered at all, because from a shell the boot could go on unverified.
+    """
+    wanted = options.emergency or plan.default_emergency
+    shell_allowed = plan.has_shell and options.shell is not False and not security
+    if wanted is None:
+        return Decision("shell" if shell_allowed else "halt")
+    if wanted == "shell" and not shell_allowed:
+        if security:
+            why = "no shell after a security failure"
+        elif not plan.has_shell:
+            why = "the image has no shell (build with --shell)"
+        else:
+            why = "rd.shell=0 forbids the shell"
+        return Decision("halt", why)
+    return Decision(wanted)
+
+
+def carry_out(sys: System, decision: Decision) -> int | None:
+    """Start the shell (returning its status) or stop the machine (returning only in tests)."""
+    if decision.action == "shell":
+        return sys.spawn(ops.Spawn((SHELL,), timeout=None, interactive=True))
+    sys.apply(ops.PowerOff(decision.action))
+    return None

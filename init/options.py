@@ -1,0 +1,191 @@
+"""The boot options initium understands, declared once.
+
+One table drives the parser, the unknown-option warnings, ``initium --help``
+and docs/initium.cmdline.7, so the three cannot drift apart.  A bad value is a
+warning that names the key and is otherwise ignored (systemd's rule): a typo
+on the command line must not stop a boot that would otherwise work.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from initium.cmdline import Cmdline, canonical_key
+from initium.record import record, replace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+EMERGENCY_ACTIONS = ("shell", "halt", "poweroff", "reboot")
+
+
+@record
+class BootOptions:
+    """Typed result of the command line; the only view stages have of it."""
+
+    root: str | None = None
+    rootfstype: str | None = None
+    rootflags: str | None = None
+    root_rw: bool | None = None
+    init: str | None = None
+    rootwait: float | None = None
+    rootdelay: float | None = None
+    rd_timeout: float | None = None
+    breaks: tuple[str, ...] = ()
+    shell: bool | None = None
+    emergency: str | None = None
+    debug: bool = False
+    timeline: bool = False
+    quiet: bool = False
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number of seconds") from None
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"{value!r} is not a non-negative number of seconds")
+    return seconds
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("1", "yes", "y", "true", "on"):
+        return True
+    if lowered in ("0", "no", "n", "false", "off"):
+        return False
+    raise ValueError(f"{value!r} is not a boolean (use 1 or 0)")
+
+
+def _absolute_path(value: str) -> str:
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
+def _text(value: str) -> str:
+    if not value:
+        raise ValueError("empty value")
+    return value
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value not in choices:
+            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return parse
+
+
+def _stage_list(value: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    if not names:
+        raise ValueError("empty stage list")
+    return names
+
+
+@record
+class Option:
+    """One command-line option: how it parses, where it lands, how it is documented.
+
+    ``flag`` is the value a bare ``key`` (no ``=``) stands for; ``None`` means
+    the option needs a value. ``accumulate`` options collect every occurrence.
+    """
+
+    key: str
+    dest: str
+    help: str
+    equivalent: str
+    parse: Callable[[str], Any] | None = None
+    flag: Any = None
+    accumulate: bool = False
+    metavar: str = ""
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("root", "root", "The root file system: /dev/NAME, UUID=, LABEL=, PARTUUID= or "
+           "PARTLABEL= (also /dev/disk/by-uuid/… and friends, resolved without udev).",
+           "kernel, dracut, systemd: root=", _text, metavar="DEVICE"),
+    Option("rootfstype", "rootfstype", "File system type of the root; probed when absent.",
+           "kernel, dracut, systemd: rootfstype=", _text, metavar="TYPE"),
+    Option("rootflags", "rootflags", "Mount options for the root, as in fstab "
+           "(flags such as noatime become mount flags, the rest is passed to the file system).",
+           "kernel, dracut, systemd: rootflags=", _text, metavar="OPTS"),
+    Option("ro", "root_rw", "Mount the root read-only (also the default when neither ro nor rw "
+           "is given, as the kernel does).", "kernel, dracut, systemd: ro", flag=False),
+    Option("rw", "root_rw", "Mount the root read-write.", "kernel, dracut, systemd: rw",
+           flag=True),
+    Option("init", "init", "Program to execute in the root instead of /sbin/init, /etc/init, "
+           "/bin/init, /bin/sh.", "kernel, dracut, systemd: init=", _absolute_path,
+           metavar="PATH"),
+    Option("rootwait", "rootwait", "Wait for the root device without limit (or for N seconds); "
+           "rd.timeout= still bounds the wait.", "kernel: rootwait, rootwait=N", _seconds,
+           flag=math.inf, metavar="[N]"),
+    Option("rootdelay", "rootdelay", "Wait up to N seconds for the root device.",
+           "kernel: rootdelay=N", _seconds, metavar="N"),
+    Option("rd.timeout", "rd_timeout", "Upper bound in seconds on every wait in the initramfs "
+           "(0: no bound). Without rootwait/rootdelay the root wait defaults to 30 s.",
+           "dracut: rd.timeout=, systemd: rd.systemd.default_device_timeout_sec=", _seconds,
+           metavar="N"),
+    Option("rd.break", "breaks", "Stop before the named stage(s) (comma separated; bare: before "
+           "switch-root) and start the emergency action; the boot continues when a shell exits.",
+           "dracut: rd.break[=hook]", _stage_list, flag=("switch-root",), accumulate=True,
+           metavar="[STAGE,…]"),
+    Option("rd.shell", "shell", "Allow (1) or forbid (0) the emergency shell.",
+           "dracut: rd.shell", _boolean, flag=True, metavar="[0|1]"),
+    Option("rd.emergency", "emergency", "What to do when a stage fails: shell, halt, poweroff "
+           "or reboot. Default: a shell when the image has one and rd.shell is not 0, else halt.",
+           "dracut: rd.emergency=, systemd: systemd.emergency", _choice(EMERGENCY_ACTIONS),
+           metavar="ACTION"),
+    Option("rd.debug", "debug", "Log every action on the console and print the stage timeline.",
+           "dracut: rd.debug", _boolean, flag=True, metavar="[0|1]"),
+    Option("initium.timeline", "timeline", "Print the stage timeline before switching root.",
+           "systemd-analyze (after boot)", _boolean, flag=True, metavar="[0|1]"),
+    Option("quiet", "quiet", "Only warnings and errors on the console.", "kernel: quiet",
+           flag=True),
+)
+
+_BY_KEY = {canonical_key(o.key): o for o in OPTIONS}
+
+# Prefixes whose unknown keys deserve a warning; everything else belongs to the
+# kernel or to the real root's init and is none of our business.
+_OWNED_PREFIXES = ("rd.", "initium.")
+
+
+@record
+class ParsedOptions:
+    options: BootOptions
+    warnings: tuple[str, ...] = ()
+
+
+def parse_options(cmdline: Cmdline) -> ParsedOptions:
+    """Turn the command line into typed options plus warnings; never raises."""
+    values: dict[str, Any] = {}
+    warnings: list[str] = []
+    for param in cmdline:
+        option = _BY_KEY.get(param.key)
+        if option is None:
+            if param.key.startswith(_OWNED_PREFIXES):
+                warnings.append(f"unknown option {param}, ignored")
+            continue
+        try:
+            if param.value is None:
+                if option.flag is None:
+                    raise ValueError("needs a value")
+                value = option.flag
+            elif option.parse is None:
+                raise ValueError("takes no value")
+            else:
+                value = option.parse(param.value)
+        except ValueError as err:
+            warnings.append(f"{param}: {err}, ignored")
+            continue
+        if option.accumulate:
+            values[option.dest] = (*values.get(option.dest, ()), *value)
+        else:
+            values[option.dest] = value
+    return ParsedOptions(replace(BootOptions(), **values), tuple(warnings))

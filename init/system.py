@@ -1,0 +1,368 @@
+"""The system facade: the one door through which stages touch the machine.
+
+Stages read through queries (``read_bytes``, ``listdir``, ``read_at`` …) and
+change things only by handing an :mod:`initium.ops` value to ``apply``.  Three
+implementations share that contract:
+
+* ``LiveSystem`` performs the calls (PID 1 in the initramfs);
+* ``DryRunSystem`` reads the live host, records every operation instead of
+  performing it, and answers reads below a would-be mount from the host's own
+  mount of the same device when there is one;
+* ``MemorySystem`` (initium.memsystem, never in an image) keeps a small file
+  tree, disks and a clock in memory, so unit tests run the real stage code
+  without root and without waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Mapping
+
+from initium import linux, ops
+from initium.mounts import MountEntry, parse_mountinfo
+from initium.record import record
+
+# Reads through the facade are bounded: a query must never pull a whole disk
+# or a hostile sysfs file into memory.
+READ_LIMIT = 16 << 20
+
+
+class System:
+    """Interface shared by the three implementations (see the module docstring)."""
+
+    dry_run = False
+
+    def apply(self, op: ops.Op) -> None:
+        raise NotImplementedError
+
+    def spawn(self, op: ops.Spawn) -> int:
+        raise NotImplementedError
+
+    def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
+        raise NotImplementedError
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def listdir(self, path: str) -> list[str]:
+        raise NotImplementedError
+
+    def exists(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def is_executable(self, path: str) -> bool:
+        raise NotImplementedError
+
+    def readlink(self, path: str) -> str | None:
+        """The target of a symbolic link, or None when ``path`` is not one."""
+        raise NotImplementedError
+
+    def open_log(self) -> tuple[Callable[[str], None], int] | None:
+        """A writer for the kernel log and the console loglevel, once /dev/kmsg exists."""
+        raise NotImplementedError
+
+    def size(self, path: str) -> int:
+        raise NotImplementedError
+
+    def statfs_type(self, path: str) -> int:
+        raise NotImplementedError
+
+    def monotonic(self) -> float:
+        raise NotImplementedError
+
+    def sleep(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def kernel_release(self) -> str:
+        raise NotImplementedError
+
+    def pid(self) -> int:
+        raise NotImplementedError
+
+    def environ(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    # Derived queries, written once in terms of the primitives above.
+
+    def read_text(self, path: str, limit: int = READ_LIMIT) -> str:
+        return self.read_bytes(path, limit).decode("utf-8", errors="surrogateescape")
+
+    def mounts(self) -> list[MountEntry]:
+        try:
+            return parse_mountinfo(self.read_text("/proc/self/mountinfo"))
+        except OSError:
+            return []
+
+    def is_mounted(self, path: str) -> bool:
+        return any(m.mount_point == path for m in self.mounts())
+
+    def has_filesystem(self, fstype: str) -> bool:
+        """Whether the kernel knows ``fstype`` now (/proc/filesystems)."""
+        try:
+            text = self.read_text("/proc/filesystems")
+        except OSError:
+            return False
+        return any(line.split()[-1:] == [fstype] for line in text.splitlines())
+
+
+class LiveSystem(System):
+    """The real machine."""
+
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
+        self._log = log
+
+    def apply(self, op: ops.Op) -> None:
+        from initium import syscalls  # only the live system loads libc through ctypes
+
+        if self._log is not None:
+            self._log(op.describe())
+        match op:
+            case ops.MakeDir(path, mode):
+                os.makedirs(path, mode, exist_ok=True)
+            case ops.Mount(source, target, fstype, flags, data):
+                syscalls.mount(source, target, fstype, flags, data)
+            case ops.MoveMount(source, target):
+                if os.path.isdir(target):
+                    syscalls.mount(source, target, None, linux.MS_MOVE)
+                else:
+                    syscalls.umount2(source, linux.MNT_DETACH)
+            case ops.Unmount(target, detach):
+                syscalls.umount2(target, linux.MNT_DETACH if detach else 0)
+            case ops.LoadModule(_, path, params):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    syscalls.finit_module(fd, params)
+                finally:
+                    os.close(fd)
+            case ops.WriteFile(path, data, mode):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+                try:
+                    os.write(fd, data)
+                finally:
+                    os.close(fd)
+            case ops.RemoveInitramfs(root, keep):
+                _remove_initramfs(root, keep, syscalls.statfs_type(root))
+            case ops.ChangeRoot(path):
+                os.chdir(path)
+                syscalls.mount(".", "/", None, linux.MS_MOVE)
+                os.chroot(".")
+                os.chdir("/")
+            case ops.Exec(path, argv, env):
+                os.execve(path, list(argv), dict(env))
+            case ops.PowerOff(action):
+                os.sync()
+                syscalls.reboot(_REBOOT_CMDS[action])
+            case _:
+                raise TypeError(f"unknown operation {op!r}")
+
+    def spawn(self, op: ops.Spawn) -> int:
+        from initium import process
+
+        if self._log is not None:
+            self._log(op.describe())
+        return process.run(op.argv, timeout=op.timeout, interactive=op.interactive,
+                           log=self._log)
+
+    def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
+        with open(path, "rb") as f:
+            return f.read(limit)
+
+    def read_at(self, path: str, offset: int, length: int) -> bytes:
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def listdir(self, path: str) -> list[str]:
+        return sorted(os.listdir(path))
+
+    def exists(self, path: str) -> bool:
+        return os.path.lexists(path)
+
+    def is_executable(self, path: str) -> bool:
+        return os.path.isfile(path) and os.access(path, os.X_OK)
+
+    def readlink(self, path: str) -> str | None:
+        try:
+            return os.readlink(path)
+        except OSError:
+            return None
+
+    def open_log(self) -> tuple[Callable[[str], None], int] | None:
+        from initium.console import open_kmsg
+
+        return open_kmsg()
+
+    def size(self, path: str) -> int:
+        with open(path, "rb", buffering=0) as f:
+            return f.seek(0, os.SEEK_END)
+
+    def statfs_type(self, path: str) -> int:
+        from initium import syscalls
+
+        return syscalls.statfs_type(path)
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def kernel_release(self) -> str:
+        return os.uname().release
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def environ(self) -> dict[str, str]:
+        return dict(os.environ)
+
+
+_REBOOT_CMDS = {
+    "halt": linux.LINUX_REBOOT_CMD_HALT,
+    "poweroff": linux.LINUX_REBOOT_CMD_POWER_OFF,
+    "reboot": linux.LINUX_REBOOT_CMD_RESTART,
+}
+
+
+def _remove_initramfs(root: str, keep: str, fstype_magic: int) -> None:
+    """Delete the initramfs by directory fd, never leaving its device.
+
+    Guards first, as systemd and booster do: only PID 1, only on a ramfs or
+    tmpfs, only when the initrd marker is there.  A mistake here deletes a
+    real root file system.
+    """
+    if os.getpid() != 1:
+        raise OSError(1, "refusing to remove files: not PID 1")
+    if fstype_magic not in (linux.RAMFS_MAGIC, linux.TMPFS_MAGIC):
+        raise OSError(22, f"refusing to remove files: {root} is not a ramfs or tmpfs")
+    if not os.path.exists(os.path.join(root, "etc/initrd-release")):
+        raise OSError(2, "refusing to remove files: no /etc/initrd-release marker")
+    root_dev = os.stat(root).st_dev
+    keep_name = os.path.relpath(keep, root)
+
+    def clear(dir_fd: int, top: bool) -> None:
+        for entry in os.scandir(dir_fd):
+            if top and entry.name == keep_name:
+                continue
+            st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                if st.st_dev != root_dev:
+                    continue  # a mount point (/dev, /proc …): not ours to empty
+                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                dir_fd=dir_fd)
+                try:
+                    clear(child, False)
+                finally:
+                    os.close(child)
+                try:
+                    os.rmdir(entry.name, dir_fd=dir_fd)
+                except OSError:
+                    pass  # still a mount point, or busy: leave it
+            else:
+                os.unlink(entry.name, dir_fd=dir_fd)
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        clear(fd, True)
+    finally:
+        os.close(fd)
+
+
+@record(frozen=False)
+class _View:
+    """Where reads below a dry-run mount are answered from on the host (or nowhere)."""
+
+    target: str
+    host_path: str | None
+
+
+class DryRunSystem(LiveSystem):
+    """Reads the host, changes nothing, and keeps the plan.
+
+    ``overlay`` holds the image's own files (read from the image with
+    ``--image``): reads of those paths are answered from the image, as they
+    would be inside the initramfs.  ``/proc``, ``/sys`` and ``/dev`` are
+    always the host's.
+    """
+
+    dry_run = True
+    _HOST_ONLY = ("/proc/", "/sys/", "/dev/", "/run/")
+
+    def __init__(self, overlay: Mapping[str, bytes] | None = None) -> None:
+        super().__init__()
+        self.plan: list[ops.Op] = []
+        self.notes: list[str] = []
+        self._overlay = dict(overlay or {})
+        self._views: list[_View] = []
+        self._clock = time.monotonic()
+
+    def apply(self, op: ops.Op) -> None:
+        self.plan.append(op)
+        if isinstance(op, ops.Mount) and op.source.startswith("/dev/"):
+            self._views.append(_View(op.target, self._host_mount_of(op.source)))
+
+    def spawn(self, op: ops.Spawn) -> int:
+        self.plan.append(op)
+        return 0
+
+    def _host_mount_of(self, device: str) -> str | None:
+        try:
+            rdev = os.stat(device).st_rdev
+        except OSError:
+            return None
+        for m in self.mounts():
+            if (m.major, m.minor) == (os.major(rdev), os.minor(rdev)) and m.root == "/":
+                return m.mount_point
+        return None
+
+    def _translate(self, path: str) -> str | None:
+        for view in reversed(self._views):
+            if path == view.target or path.startswith(view.target.rstrip("/") + "/"):
+                if view.host_path is None:
+                    return None
+                return view.host_path.rstrip("/") + path[len(view.target.rstrip("/")):]
+        return path
+
+    def _from_overlay(self, path: str) -> bytes | None:
+        if path.startswith(self._HOST_ONLY):
+            return None
+        return self._overlay.get(path)
+
+    def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
+        data = self._from_overlay(path)
+        if data is not None:
+            return data[:limit]
+        host = self._translate(path)
+        if host is None:
+            raise FileNotFoundError(2, "not visible from this host", path)
+        return super().read_bytes(host, limit)
+
+    def exists(self, path: str) -> bool:
+        if self._from_overlay(path) is not None:
+            return True
+        host = self._translate(path)
+        return host is not None and super().exists(host)
+
+    def is_executable(self, path: str) -> bool:
+        host = self._translate(path)
+        if host is None:
+            note = f"cannot check {path}: its file system is not mounted on this host"
+            if note not in self.notes:
+                self.notes.append(note)
+            return True
+        return super().is_executable(host)
+
+    def readlink(self, path: str) -> str | None:
+        host = self._translate(path)
+        return None if host is None else super().readlink(host)
+
+    def open_log(self) -> tuple[Callable[[str], None], int] | None:
+        return None  # a dry run never writes to the host's kernel log
+
+    def monotonic(self) -> float:
+        return self._clock
+
+    def sleep(self, seconds: float) -> None:
+        self._clock += seconds

@@ -1,0 +1,1 @@
+"""Builds the initramfs image: archive format, compression and the shared-library closure."""

@@ -1,0 +1,155 @@
+"""The builder's configuration: a TOML file read as data, typed and validated.
+
+Every key is declared once in ``SETTINGS`` (type, default, help); the same
+table validates the file, documents it (docs/initium.conf.5) and names the
+command-line flag that overrides it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from initium.options import EMERGENCY_ACTIONS
+
+DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "ext4")
+COMPRESSIONS = ("zstd", "gzip", "none")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    kver: str | None = None
+    modules: tuple[str, ...] | None = None  # None: DEFAULT_MODULES, each only if present
+    add_modules: tuple[str, ...] = ()
+    compress: str = "zstd"
+    compress_level: int | None = None
+    shell: bool = False
+    interpreter: str | None = None
+    emergency: str | None = None
+    microcode: bool = True
+    source_date_epoch: int | None = None
+    stages: tuple[str, ...] = field(default=())
+
+    @property
+    def required_modules(self) -> list[str]:
+        return list(dict.fromkeys((*(self.modules or ()), *self.add_modules)))
+
+    @property
+    def optional_modules(self) -> list[str]:
+        """The default set: drivers a kernel may lack or have builtin, skipped when absent."""
+        return list(DEFAULT_MODULES) if self.modules is None else []
+
+
+def _str_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of non-empty strings")
+    return tuple(value)
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(value)
+
+    return check
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return check
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be an absolute path")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    check: Callable[[Any], Any]
+    help: str
+    flag: str = ""
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("kver", _text, "Kernel version to build for. Default: the running kernel when "
+            "/lib/modules/$(uname -r) exists, else the newest installed.", "--kver"),
+    Setting("modules", _str_list, "Kernel modules to include and load at boot, with their "
+            "dependencies; replaces the default set "
+            f"({', '.join(DEFAULT_MODULES)}), whose members are skipped when the kernel "
+            "lacks them. Builtin modules are skipped.", ""),
+    Setting("add_modules", _str_list, "Modules to add to the set above (--module adds here "
+            "too).", "--module"),
+    Setting("compress", _choice(COMPRESSIONS), "Compression of the core, modules and policy "
+            "components.", "--compress"),
+    Setting("compress_level", _int_range(1, 19), "Compression level (zstd 1-19, gzip 1-9).",
+            ""),
+    Setting("shell", _bool, "Add busybox for the emergency shell.", "--shell"),
+    Setting("interpreter", _path, "The Python interpreter to put in the image (3.11 or "
+            "newer). Default: /usr/bin/python3 when it is 3.11+, else the one running the "
+            "builder.", ""),
+    Setting("emergency", _choice(EMERGENCY_ACTIONS), "Default for rd.emergency= in this "
+            "image.", ""),
+    Setting("microcode", _bool, "Prepend the early microcode component when the host has "
+            "microcode files.", ""),
+    Setting("source_date_epoch", _int_range(0, 2**40), "Timestamp of every file in the image; "
+            "SOURCE_DATE_EPOCH in the environment overrides it; default 0.", ""),
+    Setting("stages", _str_list, "Extra stages (entry point names or module:Class) to add to "
+            "the default ones.", ""),
+)
+_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def parse_config(text: str, source: str = "config") -> BuildConfig:
+    """Validate TOML text into a BuildConfig; the error names the file, key and rule."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        setting = _BY_KEY.get(key)
+        if setting is None:
+            raise ConfigError(f"{source}: unknown key {key!r} (known: "
+                              f"{', '.join(_BY_KEY)})")
+        try:
+            values[key] = setting.check(value)
+        except ValueError as err:
+            raise ConfigError(f"{source}: {key} {err}") from None
+    return replace(BuildConfig(), **values)
+
+
+def load_config(path: str | None) -> BuildConfig:
+    if path is None:
+        return BuildConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(1 << 20)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read: {err}") from None
+    return parse_config(text, path)

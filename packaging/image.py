@@ -1,0 +1,249 @@
+"""Assemble an image from components and describe it in a manifest.
+
+Each component is its own cpio archive (compressed or not) so that it can be
+rebuilt, measured and signed alone; the kernel unpacks them in order into the
+same root.  Nothing host-specific leaks in: entries are sorted, owned by 0:0,
+dated SOURCE_DATE_EPOCH (or 0), and compression stores no timestamps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from initium.plan import PLAN_PATH, Plan, StageEntry
+from initium.runner import order
+from initium.stage import JSON, Stage
+
+from .compress import compress
+from .config import BuildConfig
+from .cpio import Entry, write_archive
+from .interpreter import PythonPayload, add_elf, canonical, python_payload
+from .kmodules import modules_dep_subset, resolve_modules
+
+COMPONENTS = ("early", "core", "modules", "policy")
+BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
+INITRD_RELEASE = b'NAME="initium"\nID=initium\nPRETTY_NAME="initium initramfs"\n'
+BUSYBOX = "/bin/busybox"
+
+
+class BuildError(ValueError):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    compressed: bool
+    entries: dict[str, Entry] = field(default_factory=dict)
+
+
+class ImageBuilder:
+    """Collects files per component; implements the ``Image`` protocol stages install into."""
+
+    def __init__(self, config: BuildConfig, kver: str) -> None:
+        self.config = config
+        self.kver = kver
+        self.components = {name: Component(name, name != "early") for name in COMPONENTS}
+        self.current = "core"
+
+    # -- the Image protocol ------------------------------------------------
+
+    def add_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._put(Entry(path.lstrip("/"), stat.S_IFREG | mode, data))
+
+    def add_binary(self, host_path: str, image_path: str | None = None) -> None:
+        payload = PythonPayload()
+        add_elf(payload, [host_path])
+        for path, source in payload.files.items():
+            target = image_path if image_path and path == canonical(host_path) else path
+            self._put_host(target, source, payload.modes.get(path, 0o755))
+
+    def add_modules(self, names: list[str], optional: list[str] | None = None) -> list[JSON]:
+        files = resolve_modules(self.kver, names, optional)
+        loaded = []
+        for module in files:
+            self._put(Entry(module.image_path.lstrip("/"), stat.S_IFREG | 0o644, module.data),
+                      "modules")
+            for fw in module.firmware:
+                for base in ("/lib/firmware/updates", "/lib/firmware"):
+                    host = os.path.join(base, fw)
+                    if os.path.isfile(host):
+                        self._put_host(f"/lib/firmware/{fw}", host, 0o644, "modules")
+                        break
+            loaded.append({"name": module.name, "path": module.image_path})
+        if files:
+            self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
+                            modules_dep_subset(self.kver, files).encode()), "modules")
+        return loaded
+
+    def option(self, name: str) -> Any:
+        return getattr(self.config, name)
+
+    # -- building blocks ---------------------------------------------------
+
+    def _put(self, entry: Entry, component: str | None = None) -> None:
+        comp = self.components[component or self.current]
+        old = comp.entries.get(entry.path)
+        if old is not None and old != entry:
+            raise BuildError(f"/{entry.path} is added twice with different contents")
+        comp.entries[entry.path] = entry
+
+    def _put_host(self, path: str, source: str | bytes, mode: int,
+                  component: str | None = None) -> None:
+        if isinstance(source, str):
+            with open(source, "rb") as f:
+                source = f.read()
+        self._put(Entry(path.lstrip("/"), stat.S_IFREG | mode, source), component)
+
+    def add_symlink(self, path: str, target: str) -> None:
+        self._put(Entry(path.lstrip("/"), stat.S_IFLNK | 0o777, target.encode()))
+
+    def add_dir(self, path: str, mode: int = 0o755) -> None:
+        self._put(Entry(path.lstrip("/"), stat.S_IFDIR | mode))
+
+    def add_device(self, path: str, major: int, minor: int, mode: int = 0o600) -> None:
+        self._put(Entry(path.lstrip("/"), stat.S_IFCHR | mode, b"", (major, minor)))
+
+    def add_payload(self, payload: PythonPayload) -> None:
+        for path, target in payload.symlinks.items():
+            self.add_symlink(path, target)
+        first_path: dict[str, str] = {}
+        for path, source in sorted(payload.files.items()):
+            if isinstance(source, str):
+                real = os.path.realpath(source)
+                if real in first_path:  # one host file wanted under two names: link it
+                    self.add_symlink(path, os.path.relpath(first_path[real],
+                                                           os.path.dirname(path)))
+                    continue
+                first_path[real] = path
+            self._put_host(path, source, payload.modes.get(path, 0o644))
+
+    def add_busybox(self) -> None:
+        from initium import process
+
+        if not os.path.isfile(BUSYBOX):
+            raise BuildError(f"--shell needs busybox ({BUSYBOX}): apt-get install busybox-static")
+        self.add_binary(BUSYBOX, "/usr/bin/busybox")
+        applets = process.capture([BUSYBOX, "--list"]).decode().split()
+        taken = {e.path for c in self.components.values() for e in c.entries.values()}
+        for applet in applets:
+            if applet.isidentifier() or applet.replace("-", "").isalnum():
+                path = f"usr/bin/{applet}"
+                if path not in taken:
+                    self.add_symlink(path, "busybox")
+
+    def add_microcode(self) -> None:
+        """CPU microcode for the kernel's early loader, in the uncompressed first component."""
+        for vendor, directory in (("GenuineIntel", "/lib/firmware/intel-ucode"),
+                                  ("AuthenticAMD", "/lib/firmware/amd-ucode")):
+            try:
+                names = sorted(os.listdir(directory))
+            except OSError:
+                continue
+            blobs = []
+            for name in names:
+                path = os.path.join(directory, name)
+                if os.path.isfile(path) and (vendor == "GenuineIntel" or name.endswith(".bin")):
+                    with open(path, "rb") as f:
+                        blobs.append(f.read())
+            if blobs:
+                self._put(Entry(f"kernel/x86/microcode/{vendor}.bin", stat.S_IFREG | 0o644,
+                                b"".join(blobs)), "early")
+
+    # -- output ------------------------------------------------------------
+
+    def write(self, mtime: int) -> tuple[bytes, dict[str, Any]]:
+        """The image bytes and its manifest (components with byte ranges, every file's digest)."""
+        image = bytearray()
+        described = []
+        for comp in self.components.values():
+            if not comp.entries:
+                continue
+            archive = write_archive(comp.entries.values(), mtime=mtime)
+            method = self.config.compress if comp.compressed else "none"
+            data = compress(archive, method, self.config.compress_level) \
+                if method != "none" else archive
+            described.append({
+                "name": comp.name,
+                "offset": len(image),
+                "length": len(data),
+                "compression": method,
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
+                "uncompressed_size": len(archive),
+                "files": [_describe(e) for e in sorted(comp.entries.values(),
+                                                        key=lambda e: e.path)],
+            })
+            image += data
+        manifest = {"format": "initium-manifest/1", "kver": self.kver,
+                    "size": len(image), "sha256": hashlib.sha256(image).hexdigest(),
+                    "components": described}
+        return bytes(image), manifest
+
+
+def _describe(entry: Entry) -> dict[str, Any]:
+    item: dict[str, Any] = {"path": "/" + entry.path, "mode": f"{entry.mode:o}"}
+    if stat.S_ISREG(entry.mode):
+        item["size"] = len(entry.data)
+        item["sha256"] = hashlib.sha256(entry.data).hexdigest()
+    elif stat.S_ISLNK(entry.mode):
+        item["target"] = entry.data.decode(errors="surrogateescape")
+    elif stat.S_ISCHR(entry.mode) or stat.S_ISBLK(entry.mode):
+        item["rdev"] = f"{entry.rdev[0]}:{entry.rdev[1]}"
+    item["xattrs"] = {}
+    return item
+
+
+def stage_ref(stage: Stage) -> str:
+    cls = type(stage)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _resolve(builder: ImageBuilder, stages: list[Stage]) -> tuple[list[Stage], Plan]:
+    """Order the stages and let each install itself: the plan the init will obey."""
+    ordered = order(stages)
+    entries = []
+    for stage in ordered:
+        builder.current = "core"
+        entries.append(StageEntry(stage.name, stage_ref(stage), stage.install(builder)))
+    config = builder.config
+    return ordered, Plan(builder.kver, tuple(entries), has_shell=config.shell,
+                         default_emergency=config.emergency)
+
+
+def plan_for_host(config: BuildConfig, kver: str) -> Plan:
+    """The plan an image built here would carry, without building it (for dry runs)."""
+    from .stages import load_stages
+
+    return _resolve(ImageBuilder(config, kver), load_stages(config.stages))[1]
+
+
+def build_image(config: BuildConfig, kver: str, stages: list[Stage],
+                mtime: int) -> tuple[bytes, dict[str, Any], Plan]:
+    builder = ImageBuilder(config, kver)
+    ordered, plan = _resolve(builder, stages)
+    for d in BASE_DIRS:
+        builder.add_dir(d)
+    builder.add_device("dev/console", 5, 1)
+    builder.add_file("etc/initrd-release", INITRD_RELEASE)
+    modules = sorted({stage_ref(s).split(":")[0] for s in ordered})
+    builder.add_payload(python_payload(config.interpreter, modules))
+    if config.shell:
+        builder.add_busybox()
+    builder.current = "policy"
+    builder.add_file(PLAN_PATH, plan.to_json())
+    if config.microcode:
+        builder.add_microcode()
+    image, manifest = builder.write(mtime)
+    manifest["stages"] = plan.names
+    return image, manifest, plan
+
+
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
+

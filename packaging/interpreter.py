@@ -1,0 +1,128 @@
+"""The Python that runs /init, chosen and packed by one function.
+
+Today this is the host's dynamically linked CPython with its shared-library
+closure (read from the ELF dynamic sections) and a zip of sourceless
+bytecode; a single static ELF replaces it later behind the same
+``python_payload`` function, without the rest of the builder noticing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+from initium import process
+from initium.boot_env import LAUNCHER_ENV, LIBRARY_PATH_KEY
+
+from .elf import closure
+from .freeze import freeze
+
+IMAGE_PYTHON = "/usr/bin/python3"
+ENV_TOOL = "/usr/bin/env"
+# The kernel reads at most BINPRM_BUF_SIZE (256 since Linux 5.1) bytes of a #! line.
+MAX_SHEBANG = 255
+
+
+class InterpreterError(ValueError):
+    pass
+
+
+@dataclass
+class PythonPayload:
+    """Files (image path → host path or bytes) and symlinks that make /init run."""
+
+    files: dict[str, str | bytes] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
+    symlinks: dict[str, str] = field(default_factory=dict)
+    version: str = ""
+    modules: tuple[str, ...] = ()
+
+
+def _version(interpreter: str) -> tuple[int, int]:
+    out = process.capture([interpreter, "-I", "-S", "-c",
+                           "import sys; print(*sys.version_info[:2])"], timeout=30)
+    major, minor = (int(x) for x in out.split())
+    return major, minor
+
+
+def choose_interpreter(configured: str | None) -> str:
+    """The configured interpreter, else Debian's /usr/bin/python3 when new enough, else ours."""
+    candidates = [configured] if configured else ["/usr/bin/python3", sys.executable]
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if not os.path.isfile(real):
+            continue
+        try:
+            if _version(real) >= (3, 11):
+                return real
+        except (process.ProcessError, ValueError):
+            continue
+    raise InterpreterError(f"no Python 3.11+ interpreter found (tried {', '.join(candidates)})")
+
+
+def canonical(path: str) -> str:
+    """Where a host file lands in the image: its directory resolved (merged /usr), same name."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def merged_usr_links() -> dict[str, str]:
+    """The host's top-level symlinks into /usr (/lib → usr/lib …), repeated in the image."""
+    links = {}
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        path = os.path.join("/", name)
+        if os.path.islink(path):
+            target = os.readlink(path)
+            if target.lstrip("/").startswith("usr/"):
+                links[path] = target.lstrip("/")
+    return links
+
+
+def launcher(library_dirs: list[str]) -> bytes:
+    """The /init script: env -S sets the interpreter's environment, then the init starts."""
+    env = dict(LAUNCHER_ENV)
+    if library_dirs:
+        env[LIBRARY_PATH_KEY] = ":".join(library_dirs)
+    words = [f"{k}={v}" for k, v in env.items()]
+    line = (f"#!{ENV_TOOL} -S {' '.join(words)} {IMAGE_PYTHON} -S -c "
+            f"{shlex.quote('from initium.boot import boot; boot()')}")
+    if len(line) > MAX_SHEBANG:
+        raise InterpreterError(f"the /init line is {len(line)} bytes, over the kernel's "
+                               f"{MAX_SHEBANG}: {line}")
+    return (line + "\n").encode()
+
+
+def add_elf(payload: PythonPayload, host_paths: list[str]) -> None:
+    """Add ELF files and every library they need, each at its canonical image path."""
+    for loader_path, real in sorted(closure(host_paths).items()):
+        payload.files.setdefault(canonical(loader_path), real)
+        payload.modes.setdefault(canonical(loader_path), 0o755)
+
+
+def python_payload(configured: str | None, stage_modules: list[str]) -> PythonPayload:
+    interpreter = choose_interpreter(configured)
+    major, minor = _version(interpreter)
+    frozen = freeze(interpreter, stage_modules)
+    payload = PythonPayload(version=f"{major}.{minor}", modules=frozen.modules)
+    payload.symlinks.update(merged_usr_links())
+    payload.files[IMAGE_PYTHON] = interpreter
+    payload.modes[IMAGE_PYTHON] = 0o755
+    dynload = f"/usr/lib/python{major}.{minor}/lib-dynload"
+    for ext in frozen.extensions:
+        payload.files[f"{dynload}/{os.path.basename(ext)}"] = ext
+        payload.modes[f"{dynload}/{os.path.basename(ext)}"] = 0o644
+    add_elf(payload, [interpreter, ENV_TOOL, *frozen.extensions])
+    for stored_elsewhere in (interpreter, *frozen.extensions):  # stored once, above
+        if canonical(stored_elsewhere) not in (IMAGE_PYTHON, f"{dynload}/"
+                                               f"{os.path.basename(stored_elsewhere)}"):
+            payload.files.pop(canonical(stored_elsewhere), None)
+    payload.files[IMAGE_PYTHON] = interpreter
+    payload.files[f"/usr/lib/python{major}{minor}.zip"] = frozen.zip_bytes
+    payload.modes[f"/usr/lib/python{major}{minor}.zip"] = 0o644
+    lib_dirs = sorted({os.path.dirname(p) for p in payload.files
+                       if ".so" in os.path.basename(p) and not p.startswith(dynload)
+                       and not os.path.basename(p).startswith("ld-")})
+    payload.files["/init"] = launcher(lib_dirs)
+    payload.modes["/init"] = 0o755
+    return payload

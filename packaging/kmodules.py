@@ -1,0 +1,94 @@
+"""Kernel modules for the image: the dependency closure, decompressed, with firmware.
+
+Modules are stored uncompressed because the image itself is compressed and
+because the init then needs no decompressor (Debian's 6.1 has no in-kernel
+module decompression); .ko.xz/.ko.gz use the stdlib, .ko.zst the zstd tool.
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import re
+from dataclasses import dataclass
+
+from initium.kmod import (
+    ModuleError,
+    load_order,
+    module_name,
+    parse_builtin,
+    parse_modules_dep,
+    parse_softdeps,
+)
+
+from .compress import decompress
+
+_FIRMWARE = re.compile(rb"(?<=\x00)firmware=([^\x00]{1,255})\x00")
+
+
+@dataclass(frozen=True)
+class ModuleFile:
+    name: str
+    image_path: str  # where the init finds it, e.g. /lib/modules/KVER/kernel/…/virtio_blk.ko
+    data: bytes
+    firmware: tuple[str, ...]
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
+def _plain(path: str) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read()
+    if path.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if path.endswith(".ko.gz"):
+        return gzip.decompress(data)
+    if path.endswith(".ko.zst"):
+        return decompress(data)
+    return data
+
+
+def resolve_modules(kver: str, names: list[str], optional: list[str] | None = None,
+                    modules_root: str = "/lib/modules") -> list[ModuleFile]:
+    """The modules to load, in load order.
+
+    An unknown name in ``names`` is a ModuleError; names in ``optional`` that
+    this kernel does not have are skipped.
+    """
+    base = os.path.join(modules_root, kver)
+    deps = parse_modules_dep(_read(os.path.join(base, "modules.dep")))
+    if not deps:
+        raise ModuleError(f"no modules.dep for kernel {kver} under {modules_root} "
+                          "(is that kernel installed? try --kver)")
+    builtin = parse_builtin(_read(os.path.join(base, "modules.builtin")))
+    softdeps = parse_softdeps(_read(os.path.join(base, "modules.softdep")))
+    present = [module_name(n) for n in optional or () if module_name(n) in deps]
+    result = []
+    wanted = [module_name(n) for n in names] + present
+    for name in load_order(wanted, deps, builtin, softdeps):
+        rel = deps[name][0]
+        data = _plain(os.path.join(base, rel))
+        for suffix in (".xz", ".gz", ".zst"):
+            rel = rel.removesuffix(suffix)
+        firmware = tuple(sorted({m.decode(errors="replace") for m in _FIRMWARE.findall(data)}))
+        result.append(ModuleFile(name, f"/lib/modules/{kver}/{rel}", data, firmware))
+    return result
+
+
+def modules_dep_subset(kver: str, modules: list[ModuleFile],
+                       modules_root: str = "/lib/modules") -> str:
+    """modules.dep for just the included modules (paths as stored: uncompressed)."""
+    deps = parse_modules_dep(_read(os.path.join(modules_root, kver, "modules.dep")))
+    included = {m.name: m.image_path.split(f"/lib/modules/{kver}/", 1)[1] for m in modules}
+    lines = []
+    for name, rel in sorted(included.items(), key=lambda kv: kv[1]):
+        dep_paths = [included[d] for d in deps[name][1] if d in included]
+        lines.append(f"{rel}: {' '.join(dep_paths)}".rstrip())
+    return "\n".join(lines) + "\n"

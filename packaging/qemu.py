@@ -1,0 +1,36 @@
+"""QEMU command lines for trying and testing images (TCG: no KVM on the build hosts)."""
+
+from __future__ import annotations
+
+import shutil
+
+from .kernel import kernel_image
+
+QEMU = "qemu-system-x86_64"
+
+
+def image_kver(image: str) -> str:
+    from initium.cli import _read_image
+    from initium.plan import PLAN_PATH, Plan
+
+    files = _read_image(image)
+    if PLAN_PATH not in files:
+        raise ValueError(f"{image}: no initium plan inside; pass --kernel")
+    return Plan.from_json(files[PLAN_PATH][1].data).kver
+
+
+def boot_argv(image: str, *, disks: list[str], append: str = "", kernel: str | None = None,
+              memory: str = "512M", extra: list[str] | None = None) -> list[str]:
+    if shutil.which(QEMU) is None:
+        raise ValueError(f"{QEMU} not found: apt-get install qemu-system-x86")
+    kernel = kernel or kernel_image(image_kver(image))
+    cmdline = "console=ttyS0 panic=-1"
+    if disks and "root=" not in append:
+        cmdline += " root=/dev/vda"
+    cmdline = f"{cmdline} {append}".strip()
+    argv = [QEMU, "-accel", "tcg", "-m", memory, "-smp", "1", "-nographic", "-no-reboot",
+            "-nodefaults", "-serial", "stdio", "-kernel", kernel, "-initrd", image,
+            "-append", cmdline]
+    for disk in disks:
+        argv += ["-drive", f"file={disk},format=raw,if=virtio"]
+    return argv + (extra or [])

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Make small root disks for trying and testing initium, as regular files (no loop devices).
+
+The root holds a static busybox and an init script that prints markers the
+tests look for (its pid, whether / is ro or rw, the uptime, the initium
+timeline) and powers the VM off.  Layouts: a bare file system, or a GPT or
+DOS partition table with the file system in partition 1, written at its
+offset with dd semantics, so no root privileges beyond writing files are
+needed for the disk itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+
+BUSYBOX = "/bin/busybox"
+ROOT_INIT = r"""#!/bin/busybox sh
+B=/bin/busybox
+read up idle < /proc/uptime
+echo "INITIUM-ROOT-INIT pid=$$ init=$0 args=$* uptime=$up"
+mode=$($B awk '$2 == "/" && $1 != "rootfs" { m = $4 } END { split(m, o, ","); print o[1] }' \
+  /proc/mounts)
+echo "INITIUM-ROOT-MODE $mode"
+if [ -f /run/initium/timeline.json ]; then
+  echo "INITIUM-TIMELINE $($B cat /run/initium/timeline.json)"
+fi
+echo "INITIUM-ENV $($B env | $B sort | $B tr '\n' ' ')"
+echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
+$B sync
+$B poweroff -f
+"""
+OTHER_INIT = ROOT_INIT.replace("INITIUM-ROOT-INIT", "INITIUM-OTHER-INIT")
+
+
+def _run(argv: list[str], **kwargs: object) -> None:
+    subprocess.run(argv, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
+
+
+def populate(root: str) -> None:
+    """The tree of the root file system."""
+    for d in ("bin", "sbin", "proc", "sys", "dev", "run", "etc", "tmp"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    shutil.copy2(BUSYBOX, os.path.join(root, "bin/busybox"))
+    for name, text in (("sbin/init", ROOT_INIT), ("sbin/other", OTHER_INIT)):
+        path = os.path.join(root, name)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, 0o755)
+    with open(os.path.join(root, "etc/os-release"), "w") as f:
+        f.write("NAME=initium-test-root\n")
+
+
+def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
+                    label: str | None = None, size_mb: int = 16) -> None:
+    with tempfile.TemporaryDirectory() as tree:
+        populate(tree)
+        if fstype in ("ext4", "ext3", "ext2"):
+            with open(path, "wb") as f:
+                f.truncate(size_mb << 20)
+            argv = [f"mkfs.{fstype}", "-q", "-F", "-d", tree, "-E",
+                    "root_owner=0:0,lazy_itable_init=0"]
+            if uuid:
+                argv += ["-U", uuid]
+            if label:
+                argv += ["-L", label]
+            _run([*argv, path], env={**os.environ, "E2FSPROGS_FAKE_TIME": "1"})
+        elif fstype == "erofs":
+            argv = ["mkfs.erofs", "-T0"]
+            if uuid:
+                argv += [f"-U{uuid}"]
+            if label:
+                argv += [f"-L{label}"]
+            _run([*argv, path, tree])
+        else:
+            raise ValueError(f"unsupported root file system {fstype}")
+
+
+def make_disk(path: str, *, table: str | None = None, fstype: str = "ext4",
+              uuid: str | None = None, label: str | None = None,
+              partuuid: str | None = None, partlabel: str | None = None,
+              size_mb: int = 16) -> None:
+    """A root disk: the bare file system, or it inside partition 1 of a ``gpt``/``dos`` table."""
+    if table is None:
+        make_filesystem(path, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb)
+        return
+    start = 2048  # sectors
+    with tempfile.TemporaryDirectory() as tmp:
+        fs = os.path.join(tmp, "fs.img")
+        make_filesystem(fs, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb)
+        fs_size = os.path.getsize(fs)
+        sectors = (fs_size + 511) // 512
+        with open(path, "wb") as f:
+            f.truncate((start + sectors + 2048) * 512)
+        script = [f"label: {table}"]
+        if table == "gpt":
+            script.append("label-id: 8a0f4f8e-7a55-4b4f-9d4e-2a7c1b3e5f60")
+            attrs = [f"start={start}", f"size={sectors}",
+                     "type=0FC63DAF-8483-4772-8E79-3D69D8477DE4"]
+            if partuuid:
+                attrs.append(f"uuid={partuuid}")
+            if partlabel:
+                attrs.append(f'name="{partlabel}"')
+        else:
+            script.append("label-id: 0x1234abcd")
+            attrs = [f"start={start}", f"size={sectors}", "type=83"]
+        script.append(", ".join(attrs))
+        _run(["sfdisk", "-q", path], input="\n".join(script).encode())
+        with open(fs, "rb") as src, open(path, "r+b") as dst:
+            dst.seek(start * 512)
+            shutil.copyfileobj(src, dst)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("output")
+    ap.add_argument("--table", choices=("gpt", "dos"))
+    ap.add_argument("--fstype", default="ext4")
+    ap.add_argument("--uuid")
+    ap.add_argument("--label")
+    ap.add_argument("--partuuid")
+    ap.add_argument("--partlabel")
+    ap.add_argument("--size-mb", type=int, default=16)
+    a = ap.parse_args()
+    make_disk(a.output, table=a.table, fstype=a.fstype, uuid=a.uuid, label=a.label,
+              partuuid=a.partuuid, partlabel=a.partlabel, size_mb=a.size_mb)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
