@@ -62,3 +62,51 @@ def capture(argv: Sequence[str], *, input: bytes | None = None, timeout: float |
         detail = lines[-1] if lines else f"exit status {done.returncode}"
         raise ProcessError(f"{shlex.join(argv)}: {detail}")
     return done.stdout
+
+
+def watch(argv: Sequence[str], *, done: Callable[[str], bool], timeout: float,
+          input: bytes | None = None, answer: Callable[[str], bytes | None] | None = None,
+          ) -> tuple[str, bool]:
+    """Run a child, collecting its output until ``done(output)`` or ``timeout``; always kill it.
+
+    ``answer`` sees the output after each chunk and may return bytes to type
+    into the child's stdin (a serial console waiting at a prompt). Returns the
+    output and whether ``done`` was reached.
+    """
+    import selectors
+    import time
+
+    proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+    assert proc.stdout is not None and proc.stdin is not None
+    os.set_blocking(proc.stdout.fileno(), False)
+    if input:
+        proc.stdin.write(input)
+        proc.stdin.flush()
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    finished = False
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=min(0.2, max(deadline - time.monotonic(), 0))):
+                    if proc.poll() is not None:
+                        break
+                    continue
+                data = proc.stdout.read(65536)
+                if not data:
+                    break
+                chunks.append(data)
+                text = b"".join(chunks).decode(errors="replace")
+                if done(text):
+                    finished = True
+                    break
+                reply = answer(text) if answer else None
+                if reply:
+                    proc.stdin.write(reply)
+                    proc.stdin.flush()
+    finally:
+        proc.kill()
+        proc.wait()
+    return b"".join(chunks).decode(errors="replace"), finished

@@ -28,7 +28,7 @@ def boot_argv(image: str, *, disks: list[str], append: str = "", kernel: str | N
     if disks and "root=" not in append:
         cmdline += " root=/dev/vda"
     cmdline = f"{cmdline} {append}".strip()
-    argv = [QEMU, "-accel", "tcg", "-m", memory, "-smp", "1", "-nographic", "-no-reboot",
+    argv = [QEMU, "-accel", "tcg", "-m", memory, "-smp", "1", "-display", "none", "-no-reboot",
             "-nodefaults", "-serial", "stdio", "-kernel", kernel, "-initrd", image,
             "-append", cmdline]
     for disk in disks:

@@ -1,0 +1,102 @@
+"""Real boots: Debian's cloud kernel in QEMU (TCG) with an initium image and a root disk.
+
+Each scenario asserts a marker that the root disk's own init prints (see
+scripts/rootdisk.py), so a pass means the real root was reached, mounted as
+asked, and its init ran as PID 1.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from tests.vm.conftest import PART_LABEL, PART_UUID, ROOT_LABEL, ROOT_UUID, BootFn
+
+pytestmark = pytest.mark.vm
+
+
+def _root_init(output: str) -> str:
+    m = re.search(r"INITIUM-ROOT-INIT pid=(\d+) init=(\S+)", output)
+    assert m, "the root's init never ran:\n" + output[-3000:]
+    assert m.group(1) == "1", "the root's init is not PID 1"
+    return m.group(2)
+
+
+def test_root_by_uuid_with_timeline(boot: BootFn, image: str, ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, f"root=UUID={ROOT_UUID} initium.timeline")
+    assert _root_init(result.output) == "/sbin/init"
+    assert result.has(r"^INITIUM-ROOT-MODE ro\b"), "root must default to read-only"
+    assert result.has(r"initium timeline"), "initium.timeline must print the table"
+    m = re.search(r"INITIUM-TIMELINE (\{.*\})", result.output)
+    assert m, "the root cannot read /run/initium/timeline.json"
+    stages = [s["stage"] for s in json.loads(m.group(1))["stages"]]
+    assert stages == ["early-mounts", "console", "modules", "root"]
+    env = re.search(r"INITIUM-ENV (.*)", result.output)
+    assert env and "PYTHON" not in env.group(1) and "LD_LIBRARY_PATH" not in env.group(1)
+    assert not result.has("Kernel panic")
+
+
+def test_root_by_label(boot: BootFn, image: str, ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, f"root=LABEL={ROOT_LABEL}")
+    assert _root_init(result.output) == "/sbin/init"
+
+
+def test_root_by_partuuid_and_partlabel(boot: BootFn, image: str, gpt_disk: str) -> None:
+    result = boot(image, gpt_disk, f"root=PARTUUID={PART_UUID}")
+    assert _root_init(result.output) == "/sbin/init"
+    assert result.has(r"found PARTUUID=.*vda1")
+    result = boot(image, gpt_disk, f"root=PARTLABEL={PART_LABEL}")
+    assert _root_init(result.output) == "/sbin/init"
+
+
+def test_root_by_path_read_write(boot: BootFn, image: str, ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, "root=/dev/vda rw")
+    assert _root_init(result.output) == "/sbin/init"
+    assert result.has(r"^INITIUM-ROOT-MODE rw\b")
+
+
+def test_init_option(boot: BootFn, image: str, ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, f"root=UUID={ROOT_UUID} init=/sbin/other")
+    assert result.has(r"INITIUM-OTHER-INIT pid=1 init=/sbin/other"), result.output[-2000:]
+
+
+def test_missing_root_halts_within_timeout(boot: BootFn, image: str, ext4_disk: str) -> None:
+    wanted = "UUID=00000000-dead-beef-0000-000000000000"
+    result = boot(image, ext4_disk, f"root={wanted} rd.timeout=3")
+    assert result.finished and result.has(r"reboot: System halted"), result.output[-3000:]
+    assert not result.has("Kernel panic")
+    assert result.has(rf"root failed: no block device with {wanted} after 3\.\d s; "
+                      rf"seen: vda \(ext4 UUID={ROOT_UUID} LABEL={ROOT_LABEL}\)")
+    assert result.has(r"try: check UUID=")
+    waited = result.kernel_time("root failed") - result.kernel_time(r"root: waiting for")
+    assert 2.5 <= waited <= 6.0, f"waited {waited:.1f} s for rd.timeout=3"
+
+
+def test_unknown_root_form_is_one_clear_line(boot: BootFn, image: str,
+                                             ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, "root=ZFS=tank/root rd.emergency=poweroff")
+    assert result.has(r"root failed: root=ZFS=tank/root: unknown form"), result.output[-2000:]
+    assert result.has(r"reboot: Power down")
+    assert not result.has("Traceback|Kernel panic")
+
+
+def test_rd_break_gives_a_shell_then_continues(boot: BootFn, shell_image: str,
+                                               ext4_disk: str) -> None:
+    sent: list[str] = []
+
+    def answer(text: str) -> bytes | None:
+        if "emergency shell" in text and "echo" not in sent:
+            sent.append("echo")
+            return b"echo SHELL-SAYS-$((6*7))\n"
+        if "SHELL-SAYS-42" in text and "exit" not in sent:
+            sent.append("exit")
+            return b"exit\n"
+        return None
+
+    result = boot(shell_image, ext4_disk, f"root=UUID={ROOT_UUID} rd.break=root",
+                  answer=answer)
+    assert result.has(r"rd\.break: stopping before root"), result.output[-3000:]
+    assert result.has(r"SHELL-SAYS-42"), "the shell did not run a command"
+    assert _root_init(result.output) == "/sbin/init"
