@@ -8,9 +8,9 @@ names, in the order given.
 from __future__ import annotations
 
 import importlib
-import json
 
 from initium.record import field, record
+from initium import jsonlite
 from initium.stage import JSON, Stage
 
 TYPE_CHECKING = False
@@ -50,6 +50,8 @@ class Plan:
         return {}
 
     def to_json(self) -> bytes:
+        import json  # build time only: the init reads plans with jsonlite
+
         doc = {
             "version": PLAN_VERSION,
             "kver": self.kver,
@@ -62,7 +64,7 @@ class Plan:
     @classmethod
     def from_json(cls, data: bytes) -> Plan:
         try:
-            doc: Any = json.loads(data)
+            doc: Any = jsonlite.loads(data.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as err:
             raise PlanError(f"plan is not JSON: {err}") from None
         if not isinstance(doc, dict) or doc.get("version") != PLAN_VERSION:

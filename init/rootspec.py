@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 
 from initium.record import record
 
@@ -13,7 +12,22 @@ _PREFIXES = {"UUID=": "uuid", "LABEL=": "label", "PARTUUID=": "partuuid",
 # resolved by probing like the tagged forms.
 _BY_DIRS = {"/dev/disk/by-uuid/": "uuid", "/dev/disk/by-label/": "label",
             "/dev/disk/by-partuuid/": "partuuid", "/dev/disk/by-partlabel/": "partlabel"}
-_UDEV_ESCAPE = re.compile(r"\\x([0-9a-fA-F]{2})")
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _udev_unescape(text: str) -> str:
+    """Undo udev's \\xNN escaping of by-label/by-partlabel link names."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        chunk = text[i : i + 4]
+        if len(chunk) == 4 and chunk[:2] == "\\x" and all(c in _HEX for c in chunk[2:]):
+            out.append(chr(int(chunk[2:], 16)))
+            i += 4
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
 
 
 class RootSpecError(ValueError):
@@ -41,7 +55,7 @@ def parse_root_spec(text: str) -> RootSpec:
             return RootSpec(kind, value)
     for directory, kind in _BY_DIRS.items():
         if text.startswith(directory) and len(text) > len(directory):
-            value = _UDEV_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text[len(directory):])
+            value = _udev_unescape(text[len(directory):])
             return RootSpec(kind, value)
     if text.startswith("/dev/") and len(text) > 5:
         parts = text.split("/")

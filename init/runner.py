@@ -8,10 +8,9 @@ runner is the only place where a stage failure becomes an outcome.
 from __future__ import annotations
 
 import heapq
-import json
 from collections.abc import Sequence
 
-from initium import ops
+from initium import jsonlite, ops
 from initium.failure import Decision, carry_out, decide
 from initium.record import asdict, field, record
 from initium.stage import BootContext, Stage, StageError
@@ -229,7 +228,7 @@ class Runner:
         doc = {"init_start": self.started, "stages": [asdict(e) for e in self.timeline]}
         try:
             ctx.sys.apply(ops.MakeDir("/run/initium"))
-            ctx.sys.apply(ops.WriteFile(TIMELINE_PATH, json.dumps(doc).encode() + b"\n"))
+            ctx.sys.apply(ops.WriteFile(TIMELINE_PATH, jsonlite.dumps(doc).encode() + b"\n"))
         except OSError as err:
             ctx.console.warn(f"cannot write {TIMELINE_PATH}: {err}")
         if ctx.options.timeline or ctx.options.debug:

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import pytest
 import rootdisk
-
 from initium import process
 from initium.packaging.kernel import installed_kernels, kernel_image
 from initium.packaging.qemu import boot_argv
