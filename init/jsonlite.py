@@ -10,6 +10,7 @@ JSON (``json.loads`` reads it; a test checks both ways).
 from __future__ import annotations
 
 import _json
+import math
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class _Context:
         raise ValueError(f"{name} is not valid JSON")
 
 
-_scan = _json.make_scanner(_Context())
+_scan = _json.make_scanner(_Context())  # type: ignore[arg-type]  # duck-typed in C
 _WHITESPACE = " \t\n\r"
 
 
@@ -66,7 +67,7 @@ def dumps(value: Any) -> str:
     if isinstance(value, int):
         return str(int(value))
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError(f"{value} cannot be written as JSON")
         return repr(value)
     if isinstance(value, dict):

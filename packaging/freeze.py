@@ -19,8 +19,7 @@ from initium import process
 HELPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_freeze_helper.py")
 # Imported lazily at boot (only when a helper or a shell is spawned), so the
 # trace must import them explicitly.
-BOOT_EXTRA = ("initium.process", "encodings.utf_8", "encodings.ascii", "encodings.latin_1",
-              "encodings.utf_16_le")
+BOOT_EXTRA = ("initium.process", "encodings.utf_8", "encodings.ascii", "encodings.latin_1")
 
 
 @dataclass(frozen=True)

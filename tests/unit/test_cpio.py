@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from initium.packaging import compress as compress_mod
 from initium.packaging.compress import (
     COMPRESSORS,
     CompressionError,
@@ -435,8 +434,9 @@ def test_unknown_method() -> None:
         compress(b"x", "lz4")
 
 
-def test_missing_zstd_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(compress_mod.shutil, "which", lambda _name: None)
+def test_missing_zstd_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH with no zstd on it
     message = "zstd not found; install zstd or use --compress gzip"
     with pytest.raises(CompressionError, match=f"^{re.escape(message)}$"):
         compress(b"x", "zstd")
