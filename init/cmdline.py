@@ -8,9 +8,11 @@ repeat, and a map would silently drop all but the last.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from initium.record import record
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 # The kernel copies at most COMMAND_LINE_SIZE (2048 on x86, 4096 elsewhere)
 # bytes; anything far beyond that is not a command line but an attack or a bug,

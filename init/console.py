@@ -8,7 +8,10 @@ echo it there itself, so nothing prints twice whatever ``loglevel`` says.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ERR, WARNING, INFO, DEBUG = 3, 4, 6, 7
 # printk's LOG_LINE_MAX is 1024 minus the prefix; stay well below it.

@@ -7,7 +7,9 @@ kmod nor modprobe.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst", ".ko.gz")
 

@@ -9,13 +9,13 @@ on the command line must not stop a boot that would otherwise work.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 from initium.cmdline import Cmdline, canonical_key
 from initium.record import record, replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 EMERGENCY_ACTIONS = ("shell", "halt", "poweroff", "reboot")

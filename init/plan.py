@@ -7,10 +7,10 @@ names, in the order given.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
-from initium.record import field, record
 from initium import jsonlite
+from initium.record import field, record
 from initium.stage import JSON, Stage
 
 TYPE_CHECKING = False
@@ -89,7 +89,8 @@ class Plan:
         for entry in self.stages:
             module_name, _, attr = entry.ref.partition(":")
             try:
-                obj = getattr(importlib.import_module(module_name), attr)
+                __import__(module_name)  # importlib would import warnings and more at boot
+                obj = getattr(sys.modules[module_name], attr)
             except (ImportError, AttributeError) as err:
                 raise PlanError(f"stage {entry.name}: cannot load {entry.ref}: {err}") from None
             stage = obj() if isinstance(obj, type) else obj

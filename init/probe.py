@@ -23,23 +23,26 @@ from __future__ import annotations
 import encodings.utf_16_le  # noqa: F401
 import struct
 import zlib
-from collections.abc import Callable
 
 from initium.record import record
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    ReadAt = Callable[[int, int], bytes]
+    """read(offset, length): may return fewer bytes at the end of the device."""
 
 __all__ = [
     "FsInfo",
     "Partition",
     "PartitionTable",
     "ProbeError",
-    "ReadAt",
     "printable",
     "probe_filesystem",
     "probe_partitions",
 ]
 
-ReadAt = Callable[[int, int], bytes]
-"""read(offset, length): may return fewer bytes at the end of the device."""
 
 
 class ProbeError(ValueError):

@@ -8,8 +8,8 @@ environment and no stdin unless it is interactive, bounds its time, reports
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
+import signal
+import time
 from collections.abc import Callable, Mapping, Sequence
 
 MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -19,36 +19,61 @@ class ProcessError(RuntimeError):
     """A child failed; the message is already the one line a user needs."""
 
 
+_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789@%+=:,./-_")
+# How often a bounded wait looks at its child: short enough not to add
+# latency to a quick helper, long enough not to spin.
+_POLL = 0.02
+
+
+def quote(argv: Sequence[str]) -> str:
+    """A copy-pasteable shell line (shlex.join without importing shlex and re at boot)."""
+    words = []
+    for arg in argv:
+        if arg and all(c in _SAFE for c in arg):
+            words.append(arg)
+        else:
+            words.append("'" + arg.replace("'", "'\"'\"'") + "'")
+    return " ".join(words)
+
+
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool = False,
         log: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None) -> int:
-    """Run a child with inherited stdout/stderr and return its exit status."""
+    """Run a child with inherited stdout/stderr and return its exit status.
+
+    Built on posix_spawn and waitpid rather than subprocess, which would
+    bring threading, selectors, locale and re into the init's image.
+    ``argv[0]`` must be a path: PID 1 has no PATH worth searching.
+    """
     if log is not None:
-        log("+ " + shlex.join(argv))
+        log("+ " + quote(argv))
+    actions = [] if interactive else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     try:
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=None if interactive else subprocess.DEVNULL,
-            env=dict(env if env is not None else MINIMAL_ENV),
-            start_new_session=not interactive,
-        )
+        pid = os.posix_spawn(argv[0], list(argv), dict(env if env is not None else MINIMAL_ENV),
+                             file_actions=actions, setsid=not interactive)
     except FileNotFoundError:
         raise ProcessError(f"{argv[0]}: not found") from None
     except PermissionError:
         raise ProcessError(f"{argv[0]}: not executable") from None
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-        raise ProcessError(f"{argv[0]}: still running after {timeout:g} s, killed") from None
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is not None and time.monotonic() >= deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ProcessError(f"{argv[0]}: still running after {timeout:g} s, killed")
+        time.sleep(_POLL)
 
 
 def capture(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 300.0,
             log: Callable[[str], None] | None = None,
             env: Mapping[str, str] | None = None, check: bool = True) -> bytes:
     """Run a child and return its stdout; a failure raises with the child's last stderr line."""
+    import subprocess
+
     if log is not None:
-        log("+ " + shlex.join(argv))
+        log("+ " + quote(argv))
     try:
         done = subprocess.run(list(argv), check=False, input=input, capture_output=True,
                               timeout=timeout,
@@ -60,7 +85,7 @@ def capture(argv: Sequence[str], *, input: bytes | None = None, timeout: float |
     if check and done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
         detail = lines[-1] if lines else f"exit status {done.returncode}"
-        raise ProcessError(f"{shlex.join(argv)}: {detail}")
+        raise ProcessError(f"{quote(argv)}: {detail}")
     return done.stdout
 
 
@@ -74,7 +99,7 @@ def watch(argv: Sequence[str], *, done: Callable[[str], bool], timeout: float,
     output and whether ``done`` was reached.
     """
     import selectors
-    import time
+    import subprocess
 
     proc = subprocess.Popen(list(argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from initium.record import record
 
 KINDS = ("path", "uuid", "label", "partuuid", "partlabel")

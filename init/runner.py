@@ -8,12 +8,15 @@ runner is the only place where a stage failure becomes an outcome.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
 
 from initium import jsonlite, ops
 from initium.failure import Decision, carry_out, decide
 from initium.record import asdict, field, record
 from initium.stage import BootContext, Stage, StageError
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TIMELINE_PATH = "/run/initium/timeline.json"
 # Rounds of emergency shell per stage before giving up and halting: a shell

@@ -18,11 +18,14 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Mapping
 
 from initium import linux, ops
 from initium.mounts import MountEntry, parse_mountinfo
 from initium.record import record
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
 # Reads through the facade are bounded: a query must never pull a whole disk
 # or a hostile sysfs file into memory.

@@ -21,14 +21,15 @@ def image_kver(image: str) -> str:
 
 def boot_argv(image: str, *, disks: list[str], append: str = "", kernel: str | None = None,
               memory: str = "512M", extra: list[str] | None = None) -> list[str]:
-    if shutil.which(QEMU) is None:
+    qemu = shutil.which(QEMU)
+    if qemu is None:
         raise ValueError(f"{QEMU} not found: apt-get install qemu-system-x86")
     kernel = kernel or kernel_image(image_kver(image))
     cmdline = "console=ttyS0 panic=-1"
     if disks and "root=" not in append:
         cmdline += " root=/dev/vda"
     cmdline = f"{cmdline} {append}".strip()
-    argv = [QEMU, "-accel", "tcg", "-m", memory, "-smp", "1", "-display", "none", "-no-reboot",
+    argv = [qemu, "-accel", "tcg", "-m", memory, "-smp", "1", "-display", "none", "-no-reboot",
             "-nodefaults", "-serial", "stdio", "-kernel", kernel, "-initrd", image,
             "-append", cmdline]
     for disk in disks:

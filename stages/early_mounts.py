@@ -7,12 +7,14 @@ and each row says whether its failure stops the boot.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from initium import linux, ops
 from initium.record import record
 from initium.stage import BootContext, Stage, StageError
 from initium.system import System
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 @record
