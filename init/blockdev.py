@@ -15,6 +15,7 @@ from initium.system import System
 # A machine with more block devices than this is not waiting for its root
 # among them; the bound keeps one scan's work finite whatever sysfs says.
 MAX_DEVICES = 4096
+EMPTY = "empty"
 
 
 @record
@@ -38,13 +39,16 @@ class BlockDevice:
             words.append(f"PARTUUID={printable(self.partuuid)}")
         if self.partlabel:
             words.append(f"PARTLABEL={printable(self.partlabel)}")
-        if self.error:
+        if self.error == EMPTY:
+            words.append("empty")
+        elif self.error:
             words.append(f"unreadable: {printable(self.error)}")
         return f"{self.name} ({' '.join(words) or 'no file system'})"
 
     def matches(self, spec: RootSpec) -> bool:
+        """Whether this is the device ``spec`` names (a path matches even when unreadable)."""
         if spec.kind == "path":
-            return spec.value == self.path
+            return spec.value == self.path and self.error != EMPTY
         if spec.kind == "uuid":
             return self.fs is not None and spec.matches_uuid(self.fs.uuid)
         if spec.kind == "label":
@@ -71,7 +75,7 @@ class Scanner:
                part: tuple[str | None, str | None] = (None, None)) -> BlockDevice:
         path = f"/dev/{name}"
         if self._size(name, sysdir) == 0:
-            return BlockDevice(name, path, None, *part, error="empty (size 0)")
+            return BlockDevice(name, path, None, *part, error=EMPTY)
         try:
             fs = probe_filesystem(lambda o, n: self.sys.read_at(path, o, n))
         except (OSError, ProbeError) as err:

@@ -162,7 +162,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     import stat
 
-    from initium.cmdline import parse
+    from initium.cmdline import CmdlineError, parse
     from initium.console import Console
     from initium.options import BootOptions
     from initium.plan import PLAN_PATH, Plan
@@ -179,10 +179,15 @@ def _dry_run(args: argparse.Namespace) -> int:
         plan = Plan.from_json(overlay[PLAN_PATH])
         where = f"image {args.image}"
     else:
+        from initium.kmod import ModuleError
         from initium.packaging.config import load_config
         from initium.packaging.image import plan_for_host
 
-        plan = plan_for_host(load_config(args.config), os.uname().release)
+        try:
+            plan = plan_for_host(load_config(args.config), os.uname().release)
+        except ModuleError as err:
+            print(f"result: this host would NOT boot (modules: {err})")
+            return 1
         where = "a plan for this host"
     if args.cmdline is not None:
         text: str | bytes = args.cmdline
@@ -192,11 +197,18 @@ def _dry_run(args: argparse.Namespace) -> int:
                 text = f.read()
         except OSError as err:
             raise UserError(f"/proc/cmdline: {err.strerror}; pass --cmdline") from None
-    system = DryRunSystem(overlay)
+    try:
+        cmdline = parse(text)
+    except CmdlineError as err:
+        print(f"result: this host would NOT boot (cmdline: {err})")
+        return 1
+    contexts: list[BootContext] = []  # the plan lines name the runner's current stage
+    system = DryRunSystem(overlay, log=lambda line: print(f"  [{contexts[0].stage}] {line}"))
     console = Console(lambda line: print(line, end=""), debug=False)
-    ctx = BootContext(system, parse(text), BootOptions(), plan, console)
-    ctx.set_cmdline(ctx.cmdline)
-    system._log = lambda line: print(f"  [{ctx.stage}] {line}")
+    ctx = BootContext(system, cmdline, BootOptions(), plan, console)
+    contexts.append(ctx)
+    ctx.set_cmdline(cmdline)
+    console.debug_enabled = True  # a dry run shows every decision, not only actions
     print(f"initium dry run of {where} (kernel {plan.kver}) on {os.uname().release}")
     print(f"stages: {' → '.join(plan.names)}")
     outcome = Runner(plan.load_stages(), ctx).run()

@@ -293,8 +293,9 @@ class DryRunSystem(LiveSystem):
     dry_run = True
     _HOST_ONLY = ("/proc/", "/sys/", "/dev/", "/run/")
 
-    def __init__(self, overlay: Mapping[str, bytes] | None = None) -> None:
-        super().__init__()
+    def __init__(self, overlay: Mapping[str, bytes] | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        super().__init__(log)
         self.plan: list[ops.Op] = []
         self.notes: list[str] = []
         self._overlay = dict(overlay or {})
@@ -303,11 +304,15 @@ class DryRunSystem(LiveSystem):
 
     def apply(self, op: ops.Op) -> None:
         self.plan.append(op)
+        if self._log is not None:
+            self._log(op.describe())
         if isinstance(op, ops.Mount) and op.source.startswith("/dev/"):
             self._views.append(_View(op.target, self._host_mount_of(op.source)))
 
     def spawn(self, op: ops.Spawn) -> int:
         self.plan.append(op)
+        if self._log is not None:
+            self._log(op.describe())
         return 0
 
     def _host_mount_of(self, device: str) -> str | None:

@@ -22,7 +22,7 @@ from initium.stage import JSON, Stage
 from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
-from .interpreter import PythonPayload, add_elf, canonical, python_payload
+from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, python_payload
 from .kmodules import modules_dep_subset, resolve_modules
 
 COMPONENTS = ("early", "core", "modules", "policy")
@@ -50,6 +50,13 @@ class ImageBuilder:
         self.kver = kver
         self.components = {name: Component(name, name != "early") for name in COMPONENTS}
         self.current = "core"
+        # Merged /usr: /lib, /bin … are symlinks into usr/ on the host and in the
+        # image, so every path is stored under its usr/ name; a component that
+        # mentioned "lib/modules" would otherwise carry a "lib" directory that
+        # collides with the core's "lib" link.
+        self.links = {path.lstrip("/"): target for path, target in merged_usr_links().items()}
+        for path, target in self.links.items():
+            self._put(Entry(path, stat.S_IFLNK | 0o777, target.encode()))
 
     # -- the Image protocol ------------------------------------------------
 
@@ -67,15 +74,15 @@ class ImageBuilder:
         files = resolve_modules(self.kver, names, optional)
         loaded = []
         for module in files:
-            self._put(Entry(module.image_path.lstrip("/"), stat.S_IFREG | 0o644, module.data),
-                      "modules")
+            path = self.canonical(module.image_path)
+            self._put(Entry(path.lstrip("/"), stat.S_IFREG | 0o644, module.data), "modules")
             for fw in module.firmware:
                 for base in ("/lib/firmware/updates", "/lib/firmware"):
                     host = os.path.join(base, fw)
                     if os.path.isfile(host):
                         self._put_host(f"/lib/firmware/{fw}", host, 0o644, "modules")
                         break
-            loaded.append({"name": module.name, "path": module.image_path})
+            loaded.append({"name": module.name, "path": path})
         if files:
             self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
                             modules_dep_subset(self.kver, files).encode()), "modules")
@@ -86,7 +93,18 @@ class ImageBuilder:
 
     # -- building blocks ---------------------------------------------------
 
+    def canonical(self, path: str) -> str:
+        """``path`` (absolute or not) with a leading merged-/usr link resolved, absolute."""
+        rel = path.lstrip("/")
+        head, _, rest = rel.partition("/")
+        if rest and head in self.links:
+            rel = f"{self.links[head]}/{rest}"
+        return "/" + rel
+
     def _put(self, entry: Entry, component: str | None = None) -> None:
+        path = self.canonical(entry.path).lstrip("/")
+        if path != entry.path:
+            entry = Entry(path, entry.mode, entry.data, entry.rdev)
         comp = self.components[component or self.current]
         old = comp.entries.get(entry.path)
         if old is not None and old != entry:
@@ -111,7 +129,8 @@ class ImageBuilder:
 
     def add_payload(self, payload: PythonPayload) -> None:
         for path, target in payload.symlinks.items():
-            self.add_symlink(path, target)
+            if path.lstrip("/") not in self.links:
+                self.add_symlink(path, target)
         first_path: dict[str, str] = {}
         for path, source in sorted(payload.files.items()):
             if isinstance(source, str):

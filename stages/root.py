@@ -8,6 +8,7 @@ from initium import linux, ops
 from initium.blockdev import BlockDevice, Scanner
 from initium.mounts import parse_mount_options
 from initium.options import BootOptions
+from initium.probe import printable
 from initium.rootspec import RootSpec, RootSpecError, parse_root_spec
 from initium.stage import BootContext, Stage, StageError
 
@@ -69,7 +70,7 @@ class Root(Stage):
         while True:
             seen = scanner.scan()
             for device in seen:
-                if device.matches(spec) and device.error is None:
+                if device.matches(spec):
                     ctx.log(f"found {spec}: {device.summary()}")
                     return device
             waited = ctx.sys.monotonic() - start
@@ -86,7 +87,8 @@ class Root(Stage):
     def _mount(self, ctx: BootContext, device: BlockDevice) -> None:
         fstype = ctx.options.rootfstype or (device.fs.fstype if device.fs else None)
         if fstype is None:
-            raise StageError(f"{device.path}: no file system recognised",
+            why = f" ({printable(device.error)})" if device.error else ""
+            raise StageError(f"{device.path}: no file system recognised{why}",
                              "give rootfstype= if the file system is one initium cannot probe")
         rw = ctx.options.root_rw is True
         opts = parse_mount_options(ctx.options.rootflags or "",

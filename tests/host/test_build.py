@@ -1,0 +1,158 @@
+"""initium build on this host: reproducible bytes, an honest manifest, a lean image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import subprocess
+import zipfile
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from initium.cli import main
+from initium.packaging.compress import split_image
+from initium.packaging.cpio import Entry, read_archive
+from initium.plan import PLAN_PATH, Plan
+
+from tests.host.conftest import build
+
+
+def _files(image: str) -> dict[str, Entry]:
+    with open(image, "rb") as f:
+        data = f.read()
+    return {"/" + e.path: e for s in split_image(data)
+            for e in read_archive(s.payload_uncompressed)}
+
+
+def test_two_builds_are_byte_identical(kver: str, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    a = build(str(tmp_path / "a.img"), kver)
+    b = build(str(tmp_path / "b.img"), kver)
+    assert Path(a).read_bytes() == Path(b).read_bytes()
+    assert Path(a + ".manifest.json").read_bytes() == Path(b + ".manifest.json").read_bytes()
+    c = build(str(tmp_path / "c.img"), kver, "--compress", "gzip")
+    assert Path(c).read_bytes() != Path(a).read_bytes()
+    # mtime honoured in every header: parse the core archive's first entry.
+    core = split_image(Path(a).read_bytes())[0].payload_uncompressed
+    assert int(core[46:54], 16) == 1700000000
+
+
+def test_manifest_describes_every_byte(built: str) -> None:
+    image = Path(built).read_bytes()
+    manifest = json.loads(Path(built + ".manifest.json").read_text())
+    assert manifest["sha256"] == hashlib.sha256(image).hexdigest()
+    assert manifest["size"] == len(image)
+    names = [c["name"] for c in manifest["components"]]
+    assert names[-3:] == ["core", "modules", "policy"]
+    files = _files(built)
+    listed = 0
+    end = 0
+    for comp in manifest["components"]:
+        assert comp["offset"] == end
+        chunk = image[comp["offset"]:comp["offset"] + comp["length"]]
+        end = comp["offset"] + comp["length"]
+        assert hashlib.sha256(chunk).hexdigest() == comp["sha256"]
+        for item in comp["files"]:
+            entry = files[item["path"]]
+            assert int(item["mode"], 8) == entry.mode
+            if stat.S_ISREG(entry.mode):
+                assert item["size"] == len(entry.data)
+                assert item["sha256"] == hashlib.sha256(entry.data).hexdigest()
+            listed += 1
+    assert end == len(image)
+    implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
+    assert listed >= len(files) - len(implicit_dirs)
+    assert manifest["stages"] == ["early-mounts", "console", "modules", "root", "switch-root"]
+
+
+def test_image_layout_and_launcher(built: str, kver: str) -> None:
+    files = _files(built)
+    console = files["/dev/console"]
+    assert stat.S_ISCHR(console.mode) and console.rdev == (5, 1)
+    init = files["/init"].data.decode()
+    assert init.startswith("#!/usr/bin/env -S ") and len(init.splitlines()[0]) <= 255
+    assert "PYTHONHASHSEED=0" in init, "the hash seed must not wait for the kernel RNG"
+    assert "/etc/initrd-release" in files
+    plan = Plan.from_json(files[PLAN_PATH].data)
+    assert plan.kver == kver and not plan.has_shell
+    modules = plan.stage_data("modules")["modules"]
+    assert [m["name"] for m in modules].index("virtio_blk") > 0
+    for m in modules:
+        assert m["path"] in files, f"module {m['name']} listed but missing"
+    # No shell without --shell.
+    assert not any(p.endswith(("/sh", "/busybox")) for p in files)
+
+
+def test_frozen_stdlib_is_only_what_the_init_imports(built: str) -> None:
+    files = _files(built)
+    [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
+    names = set(zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist())
+    assert "initium/boot.pyc" in names and "initium/stages/root.pyc" in names
+    assert all(n.endswith(".pyc") for n in names), "the zip must be sourceless"
+    # The builder and heavy stdlib modules stay out of the init.
+    for absent in ("initium/cli.pyc", "initium/packaging/image.pyc", "dataclasses.pyc",
+                   "typing.pyc", "subprocess.pyc", "re/__init__.pyc", "json/__init__.pyc",
+                   "argparse.pyc", "tomllib/__init__.pyc"):
+        assert absent not in names, absent
+
+
+def test_shell_image_has_busybox(kver: str, tmp_path: Path) -> None:
+    files = _files(build(str(tmp_path / "s.img"), kver, "--shell"))
+    assert stat.S_ISREG(files["/usr/bin/busybox"].mode)
+    assert files["/usr/bin/sh"].data == b"busybox"
+    assert Plan.from_json(files[PLAN_PATH].data).has_shell
+
+
+def test_gnu_cpio_lists_the_core(built: str, tmp_path: Path) -> None:
+    core = split_image(Path(built).read_bytes())
+    listing = subprocess.run(["cpio", "-t", "--quiet"], input=core[0].payload_uncompressed,
+                             capture_output=True, check=True).stdout.decode().split()
+    assert listing[:2] == ["bin", "dev"]  # sorted: the merged-/usr link, then dev
+    assert "init" in listing and "usr/bin/python3" in listing
+    assert listing.index("usr") < listing.index("usr/bin") < listing.index("usr/bin/python3")
+
+
+def test_inspect_lists_files_and_stages(built: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", built]) == 0
+    out = capsys.readouterr().out
+    assert "/usr/bin/python3" in out
+    assert "stages: early-mounts → console → modules → root → switch-root" in out
+
+
+def test_config_file_and_flag_override(kver: str, tmp_path: Path) -> None:
+    conf = tmp_path / "initium.toml"
+    conf.write_text('modules = ["virtio_blk"]\ncompress = "gzip"\n')
+    out = build(str(tmp_path / "c.img"), kver, "--config", str(conf), "--compress", "none")
+    manifest = json.loads(Path(out + ".manifest.json").read_text())
+    assert {c["compression"] for c in manifest["components"]} == {"none"}
+    plan = Plan.from_json(_files(out)[PLAN_PATH].data)
+    names = [m["name"] for m in plan.stage_data("modules")["modules"]]
+    assert "virtio_blk" in names and "virtio_scsi" not in names
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('modules = "virtio_blk"\n', "modules must be a list"),
+    ("colour = 1\n", "unknown key 'colour'"),
+    ("compress = [\n", "not valid TOML"),
+])
+def test_bad_config_is_one_line(kver: str, tmp_path: Path, text: str, message: str,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    conf = tmp_path / "bad.toml"
+    conf.write_text(text)
+    code = main(["build", "--output", str(tmp_path / "x.img"), "--kver", kver,
+                 "--config", str(conf)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_unknown_module_is_named(kver: str, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["build", "--output", str(tmp_path / "x.img"), "--kver", kver,
+                 "--module", "no_such_driver"])
+    assert code == 2
+    assert "module no_such_driver is neither in modules.dep nor builtin" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "x.img")
