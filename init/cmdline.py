@@ -87,7 +87,7 @@ def _next_arg(text: str, pos: int) -> tuple[str, str | None, int]:
         ch = text[i]
         if ch in _SPACE and not in_quote:
             break
-        if equals < 0 and ch == "=":
+        if equals < 0 and ch == "=" and i > pos:  # next_arg: index 0 means "none yet"
             equals = i
         if ch == '"':
             in_quote = not in_quote
@@ -142,6 +142,8 @@ def parse(data: str | bytes) -> Cmdline:
             break
         key, value, pos = _next_arg(text, pos)
         if after_dashes:
+            if key == "--" and value is None:
+                break  # the kernel's second parse_args() stops here too: the rest is dropped
             init_args.append(key if value is None else f"{key}={value}")
             continue
         if key == "--" and value is None:

@@ -86,9 +86,16 @@ def _frozen_setattr(self: Any, name: str, value: Any) -> None:
     raise FrozenInstanceError(f"cannot assign to field {name!r} of a frozen record")
 
 
+def _frozen_delattr(self: Any, name: str) -> None:
+    raise FrozenInstanceError(f"cannot delete field {name!r} of a frozen record")
+
+
 def _build(cls: type[Any], frozen: bool) -> type[Any]:
     fields: list[str] = []
     defaults: dict[str, Any] = {}
+    if not frozen and any(getattr(b, "__setattr__", None) is _frozen_setattr
+                          for b in cls.__mro__[1:]):
+        raise TypeError(f"{cls.__name__}: a mutable record cannot inherit from a frozen one")
     for base in reversed(cls.__mro__[1:]):
         fields += [f for f in getattr(base, "__record_fields__", ()) if f not in fields]
         defaults.update(getattr(base, "__record_defaults__", {}))
@@ -106,7 +113,8 @@ def _build(cls: type[Any], frozen: bool) -> type[Any]:
         "__hash__": _hash if frozen else None,
     }
     if frozen:
-        methods["__setattr__"] = methods["__delattr__"] = _frozen_setattr
+        methods["__setattr__"] = _frozen_setattr
+        methods["__delattr__"] = _frozen_delattr
     for name, value in methods.items():
         setattr(cls, name, value)
     return cls

@@ -16,17 +16,18 @@ _HEX = "0123456789abcdefABCDEF"
 
 def _udev_unescape(text: str) -> str:
     """Undo udev's \\xNN escaping of by-label/by-partlabel link names."""
-    out: list[str] = []
+    out = bytearray()
     i = 0
     while i < len(text):
         chunk = text[i : i + 4]
         if len(chunk) == 4 and chunk[:2] == "\\x" and all(c in _HEX for c in chunk[2:]):
-            out.append(chr(int(chunk[2:], 16)))
+            out.append(int(chunk[2:], 16))  # an escaped byte, as udev wrote it
             i += 4
         else:
-            out.append(text[i])
+            out += text[i].encode("utf-8", errors="surrogateescape")
             i += 1
-    return "".join(out)
+    # Labels are compared as probe decodes them: UTF-8, raw bytes kept.
+    return out.decode("utf-8", errors="surrogateescape")
 
 
 class RootSpecError(ValueError):

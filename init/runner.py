@@ -111,6 +111,14 @@ class Outcome:
     timeline: list[TimelineEntry] = field(default_factory=list)
 
 
+def _text(err: BaseException) -> str:
+    """str(err), which can itself raise for a hostile or broken exception."""
+    try:
+        return str(err)
+    except BaseException:
+        return "(no message)"
+
+
 def failure_message(stage: str, cause: str, hint: str) -> str:
     return f"{stage} failed: {cause}" + (f"; try: {hint}" if hint else "")
 
@@ -164,10 +172,6 @@ class Runner:
                     return self._stop(outcome, stage.name, "rd.break", decision)
                 self._shell(decision)
                 self.timeline.append(TimelineEntry(stage.name, t, sys.monotonic(), "break"))
-            if not stage.enabled(ctx):
-                t = sys.monotonic()
-                self.timeline.append(TimelineEntry(stage.name, t, t, "skipped"))
-                continue
             if stage.final:
                 self._write_timeline()
             if not self._run_stage(stage, outcome):
@@ -180,11 +184,14 @@ class Runner:
         for _round in range(MAX_SHELL_ROUNDS + 1):
             start = sys.monotonic()
             try:
+                if not stage.enabled(ctx):
+                    self.timeline.append(TimelineEntry(stage.name, start, start, "skipped"))
+                    return True
                 stage.run(ctx)
             except StageError as err:
                 cause, hint, security = err.cause, err.hint, err.security
-            except BaseException as err:
-                cause = f"unexpected {type(err).__name__}: {err}"
+            except BaseException as err:  # PID 1 must survive anything, even KeyboardInterrupt
+                cause = f"unexpected {type(err).__name__}: {_text(err)}"
                 hint = "this is a bug in initium; boot with rd.debug and report the log"
                 security = False
             else:

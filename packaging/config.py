@@ -16,6 +16,7 @@ from initium.options import EMERGENCY_ACTIONS
 
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "ext4")
 COMPRESSIONS = ("zstd", "gzip", "none")
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -131,6 +132,8 @@ def parse_config(text: str, source: str = "config") -> BuildConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source}: not valid TOML: {err}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
     values: dict[str, Any] = {}
     for key, value in doc.items():
         setting = _BY_KEY.get(key)
@@ -149,7 +152,9 @@ def load_config(path: str | None) -> BuildConfig:
         return BuildConfig()
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read(1 << 20)
+            text = f.read(MAX_CONFIG_BYTES + 1)
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read: {err}") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a configuration")
     return parse_config(text, path)

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from initium.cli import main
 from initium.mounts import parse_mountinfo
 from initium.packaging.cpio import Entry, write_archive
@@ -24,7 +23,7 @@ from initium.stages import DEFAULT_STAGES
 def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = None) -> str:
     entries = []
     for ref in DEFAULT_STAGES:
-        module, _, cls = ref.partition(":")
+        cls = ref.partition(":")[2]
         name = {"EarlyMounts": "early-mounts", "KernelLog": "console", "Modules": "modules",
                 "Root": "root", "SwitchRoot": "switch-root"}[cls]
         data = {"modules": modules or []} if name == "modules" else {}

@@ -27,7 +27,6 @@ from initium.probe import (
     Partition,
     PartitionTable,
     ProbeError,
-    ReadAt,
     printable,
     probe_filesystem,
     probe_partitions,
@@ -38,6 +37,8 @@ MiB = 1 << 20
 # --------------------------------------------------------------------------
 # helpers
 
+
+ReadAt = Callable[[int, int], bytes]
 
 def need(*tools: str) -> None:
     for tool in tools:
