@@ -8,6 +8,7 @@ stages pull in (see packaging/freeze.py).
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 # Imported here, not lazily, because the initramfs is deleted before the last
@@ -42,6 +43,9 @@ def _last_resort(console: Console, message: str) -> NoReturn:
 
 def boot() -> NoReturn:
     started = time.monotonic()
+    # Python turns SIGINT into KeyboardInterrupt; for PID 1 it is Ctrl-Alt-Del
+    # (or a stray kill) and must not interrupt a stage.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     console = Console(fd_writer(1))
     try:
         sys = LiveSystem(log=console.debug)

@@ -23,6 +23,8 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 # How often a bounded wait looks at its child: short enough not to add
 # latency to a quick helper, long enough not to spin.
 _POLL = 0.02
+# PID 1 ignores SIGINT (Ctrl-Alt-Del); its children get the default back.
+_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE)
 
 
 def quote(argv: Sequence[str]) -> str:
@@ -49,7 +51,8 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
     actions = [] if interactive else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     try:
         pid = os.posix_spawn(argv[0], list(argv), dict(env if env is not None else MINIMAL_ENV),
-                             file_actions=actions, setsid=not interactive)
+                             file_actions=actions, setsid=not interactive,
+                             setsigdef=_DEFAULT_SIGNALS)
     except FileNotFoundError:
         raise ProcessError(f"{argv[0]}: not found") from None
     except PermissionError:
