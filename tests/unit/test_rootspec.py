@@ -1,0 +1,104 @@
+"""initium.rootspec.parse_root_spec: what root= names, without touching a device."""
+
+from __future__ import annotations
+
+import pytest
+from initium.rootspec import KINDS, RootSpec, RootSpecError, parse_root_spec
+
+UUID = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
+
+
+@pytest.mark.parametrize(("text", "kind", "value"), [
+    ("/dev/vda", "path", "/dev/vda"),
+    ("/dev/vda1", "path", "/dev/vda1"),
+    ("/dev/nvme0n1p2", "path", "/dev/nvme0n1p2"),
+    ("/dev/mapper/root", "path", "/dev/mapper/root"),
+    (f"UUID={UUID}", "uuid", UUID),
+    ("LABEL=root", "label", "root"),
+    ("LABEL=my root", "label", "my root"),
+    ("LABEL==x", "label", "=x"),
+    ("PARTUUID=6a8b-01", "partuuid", "6a8b-01"),
+    ("PARTLABEL=linux", "partlabel", "linux"),
+    (f"/dev/disk/by-uuid/{UUID}", "uuid", UUID),
+    ("/dev/disk/by-label/root", "label", "root"),
+    ("/dev/disk/by-partuuid/6a8b-01", "partuuid", "6a8b-01"),
+    ("/dev/disk/by-partlabel/EFI\\x20System", "partlabel", "EFI System"),
+])
+def test_forms(text: str, kind: str, value: str) -> None:
+    spec = parse_root_spec(text)
+    assert spec == RootSpec(kind, value)
+    assert spec.kind in KINDS
+
+
+def test_by_label_udev_escapes() -> None:
+    assert parse_root_spec("/dev/disk/by-label/a\\x2fb").value == "a/b"
+    assert parse_root_spec("/dev/disk/by-label/\\x2f\\x2e\\x2e").value == "/.."
+    assert parse_root_spec("/dev/disk/by-label/my\\x20disk\\x5cx").value == "my disk\\x"
+    # only well-formed escapes are decoded
+    assert parse_root_spec("/dev/disk/by-label/50\\x%").value == "50\\x%"
+    assert parse_root_spec("/dev/disk/by-label/\\X2f").value == "\\X2f"
+
+
+def test_by_label_escape_is_decoded_once() -> None:
+    # "\x5cx2f" is an escaped backslash followed by "x2f", not a slash
+    assert parse_root_spec("/dev/disk/by-label/\\x5cx2f").value == "\\x2f"
+
+
+def test_str_gives_back_a_root_option_value() -> None:
+    assert str(parse_root_spec("/dev/vda")) == "/dev/vda"
+    assert str(parse_root_spec(f"UUID={UUID}")) == f"UUID={UUID}"
+    assert str(parse_root_spec("/dev/disk/by-label/root")) == "LABEL=root"
+    assert str(RootSpec("partlabel", "x")) == "PARTLABEL=x"
+
+
+def test_uuid_match_ignores_case() -> None:
+    spec = parse_root_spec(f"UUID={UUID.upper()}")
+    assert spec.matches_uuid(UUID)
+    assert spec.matches_uuid(UUID.upper())
+    assert not spec.matches_uuid(None)
+    assert not spec.matches_uuid(UUID[:-1] + "0")
+
+
+@pytest.mark.parametrize("text", ["/dev/../etc/shadow", "/dev/./vda", "/dev//vda", "/dev/vda/",
+                                  "/dev/mapper/../../etc", "/dev/vda/.."])
+def test_not_plain_device_paths(text: str) -> None:
+    with pytest.raises(RootSpecError) as info:
+        parse_root_spec(text)
+    assert str(info.value) == f"root={text}: not a plain device path"
+
+
+@pytest.mark.parametrize("text", ["vda", "sda1", "/dev/", "/dev", "/etc/passwd", "uuid=abc",
+                                  "label=root", "ID=1", "", "/dev/disk/by-uuid/",
+                                  "08:01", "PARTNROFF=1"])
+def test_unknown_forms(text: str) -> None:
+    with pytest.raises(RootSpecError) as info:
+        parse_root_spec(text)
+    message = str(info.value)
+    assert message.startswith(f"root={text}: ")
+    assert "unknown form" in message or "not a plain device path" in message
+
+
+def test_unknown_form_lists_the_known_ones() -> None:
+    with pytest.raises(RootSpecError) as info:
+        parse_root_spec("vda")
+    for form in ("/dev/NAME", "UUID=", "LABEL=", "PARTUUID=", "PARTLABEL="):
+        assert form in str(info.value)
+
+
+@pytest.mark.parametrize("prefix", ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL="])
+def test_empty_tag_values(prefix: str) -> None:
+    with pytest.raises(RootSpecError, match="empty"):
+        parse_root_spec(prefix)
+
+
+def test_root_spec_error_is_a_value_error() -> None:
+    assert issubclass(RootSpecError, ValueError)
+
+
+def test_by_label_escapes_are_bytes() -> None:
+    # udev's encode_devnode_name() keeps valid UTF-8 and writes every other
+    # byte as \xNN: a Latin-1 label b"caf\xe9" becomes by-label/caf\xe9, and
+    # must match probe's surrogateescape label ...
+    assert parse_root_spec("/dev/disk/by-label/caf\\xe9").value == "caf\udce9"
+    # ... and escaped bytes that form UTF-8 together are one character.
+    assert parse_root_spec("/dev/disk/by-label/caf\\xc3\\xa9").value == "café"
