@@ -203,7 +203,8 @@ def _dry_run(args: argparse.Namespace) -> int:
         print(f"result: this host would NOT boot (cmdline: {err})")
         return 1
     contexts: list[BootContext] = []  # the plan lines name the runner's current stage
-    system = DryRunSystem(overlay, log=lambda line: print(f"  [{contexts[0].stage}] {line}"))
+    system = DryRunSystem(overlay, log=lambda line: print(f"  [{contexts[0].stage}] {line}"),
+                          init_args=list(cmdline.init_args))
     console = Console(lambda line: print(line, end=""), debug=False)
     ctx = BootContext(system, cmdline, BootOptions(), plan, console)
     contexts.append(ctx)

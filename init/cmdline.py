@@ -19,8 +19,11 @@ if TYPE_CHECKING:
 # and parsing it must stay bounded.
 MAX_CMDLINE_BYTES = 65536
 
-# lib/ctype.c's isspace() for the ASCII range, which is what next_arg() uses.
-_SPACE = " \t\n\v\f\r"
+# lib/ctype.c's isspace(): the ASCII spaces and, in its Latin-1 table, 0xA0.
+# The line is split as bytes (mapped 1:1 through Latin-1), so a 0xA0 byte
+# separates words even inside what would be a UTF-8 character, exactly as the
+# kernel splits it.
+_SPACE = " \t\n\v\f\r\xa0"
 
 
 class CmdlineError(ValueError):
@@ -109,25 +112,30 @@ def _next_arg(text: str, pos: int) -> tuple[str, str | None, int]:
     return key, text[value_start:value_end], end
 
 
-def parse(data: str | bytes) -> Cmdline:
-    """Parse a kernel command line.
+def _utf8(latin1: str) -> str:
+    return latin1.encode("latin-1").decode("utf-8", errors="surrogateescape")
 
-    Bytes that are not UTF-8 are kept with ``surrogateescape`` so that a
-    hostile byte can be reported (escaped) instead of crashing the decoder.
+
+def parse(data: str | bytes) -> Cmdline:
+    """Parse a kernel command line (text is taken as its UTF-8 bytes).
+
+    Words are split as the kernel splits bytes; each word is then decoded as
+    UTF-8 with ``surrogateescape``, so a hostile byte can be reported
+    (escaped) instead of crashing the decoder.
     """
     if isinstance(data, bytes):
-        if len(data) > MAX_CMDLINE_BYTES:
-            raise CmdlineError(
-                f"command line is {len(data)} bytes, more than the {MAX_CMDLINE_BYTES} accepted"
-            )
-        text = data.decode("utf-8", errors="surrogateescape")
+        raw = data
     else:
-        text = data
-        if len(text) > MAX_CMDLINE_BYTES:
-            raise CmdlineError(
-                f"command line is {len(text)} characters, more than the "
-                f"{MAX_CMDLINE_BYTES} accepted"
-            )
+        try:
+            raw = data.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError as err:
+            # Only text that did not come from bytes can hold a lone surrogate.
+            raise CmdlineError(f"command line text is not encodable at offset {err.start}") \
+                from None
+    if len(raw) > MAX_CMDLINE_BYTES:
+        raise CmdlineError(
+            f"command line is {len(raw)} bytes, more than the {MAX_CMDLINE_BYTES} accepted")
+    text = raw.decode("latin-1")
     nul = text.find("\0")
     if nul >= 0:
         raise CmdlineError(f"command line contains a NUL byte at offset {nul}")
@@ -141,6 +149,8 @@ def parse(data: str | bytes) -> Cmdline:
         if pos >= len(text):
             break
         key, value, pos = _next_arg(text, pos)
+        key = _utf8(key)
+        value = None if value is None else _utf8(value)
         if after_dashes:
             if key == "--" and value is None:
                 break  # the kernel's second parse_args() stops here too: the rest is dropped

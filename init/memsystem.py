@@ -26,6 +26,7 @@ class MemorySystem(System):
     release: str = "6.1.0-test"
     fs_magic: int = linux.RAMFS_MAGIC
     env: dict[str, str] = field(default_factory=dict)
+    init_args: list[str] = field(default_factory=list)
     on_apply: Callable[[MemorySystem, ops.Op], None] | None = None
     spawn_status: int = 0
     now: float = 0.0
@@ -108,3 +109,6 @@ class MemorySystem(System):
 
     def environ(self) -> dict[str, str]:
         return dict(self.env)
+
+    def init_arguments(self) -> list[str]:
+        return list(self.init_args)

@@ -128,7 +128,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("rootdelay", "rootdelay", "Wait up to N seconds for the root device.",
            "kernel: rootdelay=N", _seconds, metavar="N"),
     Option("rd.timeout", "rd_timeout", "Upper bound in seconds on every wait in the initramfs "
-           "(0: no bound). Without rootwait/rootdelay the root wait defaults to 30 s.",
+           "(0: no bound). Alone it sets the root wait to N seconds; without rootwait, "
+           "rootdelay or rd.timeout the root wait is 30 s.",
            "dracut: rd.timeout=, systemd: rd.systemd.default_device_timeout_sec=", _seconds,
            metavar="N"),
     Option("rd.break", "breaks", "Stop before the named stage(s) (comma separated; bare: before "

@@ -11,6 +11,13 @@ _PREFIXES = {"UUID=": "uuid", "LABEL=": "label", "PARTUUID=": "partuuid",
 # resolved by probing like the tagged forms.
 _BY_DIRS = {"/dev/disk/by-uuid/": "uuid", "/dev/disk/by-label/": "label",
             "/dev/disk/by-partuuid/": "partuuid", "/dev/disk/by-partlabel/": "partlabel"}
+# Names that only udev or device-mapper create: waiting for them without
+# those would only end in a timeout, so say so at once.
+_NEEDS_MORE = (
+    ("/dev/disk/", "/dev/disk/by-id, by-path and the like are udev links, "
+                   "and this initramfs has no udev"),
+    ("/dev/mapper/", "device-mapper roots need the storage stage, which this image lacks"),
+)
 _HEX = "0123456789abcdefABCDEF"
 
 
@@ -57,6 +64,10 @@ def parse_root_spec(text: str) -> RootSpec:
         if text.startswith(directory) and len(text) > len(directory):
             value = _udev_unescape(text[len(directory):])
             return RootSpec(kind, value)
+    for prefix, need in _NEEDS_MORE:
+        if text.startswith(prefix):
+            raise RootSpecError(f"root={text}: {need}; use UUID=, LABEL=, PARTUUID= or "
+                                "PARTLABEL= instead")
     if text.startswith("/dev/") and len(text) > 5:
         parts = text.split("/")
         if any(p in ("", ".", "..") for p in parts[1:]):

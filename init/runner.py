@@ -189,11 +189,11 @@ class Runner:
                     return True
                 stage.run(ctx)
             except StageError as err:
-                cause, hint, security = err.cause, err.hint, err.security
+                cause, hint, security, retry = err.cause, err.hint, err.security, err.retry
             except BaseException as err:  # PID 1 must survive anything, even KeyboardInterrupt
                 cause = f"unexpected {type(err).__name__}: {_text(err)}"
                 hint = "this is a bug in initium; boot with rd.debug and report the log"
-                security = False
+                security, retry = False, True
             else:
                 self.timeline.append(TimelineEntry(stage.name, start, sys.monotonic(), "ok"))
                 ctx.debug(f"done in {sys.monotonic() - start:.3f} s")
@@ -209,6 +209,9 @@ class Runner:
                 self._stop(outcome, stage.name, cause, decision)
                 return False
             self._shell(decision)
+            if not retry:
+                self._stop(outcome, stage.name, cause, Decision("halt", "cannot be retried"))
+                return False
             ctx.console.info(f"shell exited; retrying {stage.name}")
         return False  # pragma: no cover - the loop always returns
 

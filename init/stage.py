@@ -47,11 +47,16 @@ class StageError(Exception):
     action); stages never exit, halt or print the failure themselves.
     """
 
-    def __init__(self, cause: str, hint: str = "", *, security: bool = False) -> None:
+    def __init__(self, cause: str, hint: str = "", *, security: bool = False,
+                 retry: bool = True) -> None:
         super().__init__(cause)
         self.cause = cause
         self.hint = hint
         self.security = security
+        # False once the stage has done what cannot be done twice (switch-root
+        # after entering the new root): the shell is still offered, the stage
+        # is not run again.
+        self.retry = retry
 
 
 @record(frozen=False)

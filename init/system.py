@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import stat
+import sys
 import time
 
 from initium import linux, ops
@@ -85,6 +86,14 @@ class System:
         raise NotImplementedError
 
     def environ(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def init_arguments(self) -> list[str]:
+        """The arguments the kernel gave /init, to pass on to the real init.
+
+        The kernel's own list (unknown bare words such as ``single``, then the
+        words after ``--``) is the truth; the parser can only approximate it.
+        """
         raise NotImplementedError
 
     # Derived queries, written once in terms of the primitives above.
@@ -221,6 +230,11 @@ class LiveSystem(System):
     def environ(self) -> dict[str, str]:
         return dict(os.environ)
 
+    def init_arguments(self) -> list[str]:
+        # The launcher runs `python3 -S -c CODE /init ARGS…`: sys.argv is ['-c', '/init', ARGS…].
+        argv = sys.argv
+        return argv[2:] if len(argv) >= 2 and argv[0] == "-c" else argv[1:]
+
 
 _REBOOT_CMDS = {
     "halt": linux.LINUX_REBOOT_CMD_HALT,
@@ -294,8 +308,10 @@ class DryRunSystem(LiveSystem):
     _HOST_ONLY = ("/proc/", "/sys/", "/dev/", "/run/")
 
     def __init__(self, overlay: Mapping[str, bytes] | None = None,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None,
+                 init_args: list[str] | None = None) -> None:
         super().__init__(log)
+        self._init_args = list(init_args or [])
         self.plan: list[ops.Op] = []
         self.notes: list[str] = []
         self._overlay = dict(overlay or {})
@@ -368,6 +384,9 @@ class DryRunSystem(LiveSystem):
 
     def open_log(self) -> tuple[Callable[[str], None], int] | None:
         return None  # a dry run never writes to the host's kernel log
+
+    def init_arguments(self) -> list[str]:
+        return list(self._init_args)
 
     def monotonic(self) -> float:
         return self._clock

@@ -151,10 +151,14 @@ def load_config(path: str | None) -> BuildConfig:
     if path is None:
         return BuildConfig()
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read(MAX_CONFIG_BYTES + 1)
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read: {err}") from None
-    if len(text) > MAX_CONFIG_BYTES:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read: {err.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a configuration")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 (byte {err.start})") from None
     return parse_config(text, path)

@@ -61,7 +61,7 @@ class SwitchRoot(Stage):
         new_root = ctx.state.new_root
         if ctx.state.root_device is None:
             raise StageError(f"nothing is mounted on {new_root}", "check the root stage's log")
-        init = self._find_init(ctx, new_root)
+        candidates = self._find_inits(ctx, new_root)
         for path in API_MOUNTS:
             ctx.sys.apply(ops.MoveMount(path, new_root + path))
         try:
@@ -69,22 +69,34 @@ class SwitchRoot(Stage):
         except OSError as err:
             ctx.warn(f"cannot free the initramfs ({err.strerror}), ignoring")
         ctx.sys.apply(ops.ChangeRoot(new_root))
-        env = real_init_environment(ctx.sys.environ())
-        ctx.log(f"starting {init}")
-        try:
-            ctx.sys.apply(ops.Exec(init, (init, *ctx.cmdline.init_args),
-                                   tuple(sorted(env.items()))))
-        except OSError as err:
-            raise StageError(f"exec {init} failed: {err.strerror}",
-                             "is it built for this CPU, with its libraries present?") from None
+        env = tuple(sorted(real_init_environment(ctx.sys.environ()).items()))
+        args = tuple(ctx.sys.init_arguments())
+        failures = []
+        # Like the kernel's kernel_init(): when one init cannot be executed,
+        # try the next; only when none can is the boot lost.
+        for init in candidates:
+            ctx.log(f"starting {init}")
+            try:
+                ctx.sys.apply(ops.Exec(init, (init, *args), env))
+            except OSError as err:
+                failures.append(f"{init}: {err.strerror}")
+                ctx.warn(f"exec {init} failed: {err.strerror}")
+            else:
+                return  # only a dry run (or a test) comes back from exec
+        raise StageError(f"no init could be executed ({'; '.join(failures)})",
+                         "is it built for this CPU, with its libraries present?", retry=False)
 
-    def _find_init(self, ctx: BootContext, new_root: str) -> str:
+    def _find_inits(self, ctx: BootContext, new_root: str) -> list[str]:
+        """The executable inits in the new root, in the order they are tried."""
         wanted = ctx.options.init
         candidates = (wanted,) if wanted else INIT_CANDIDATES
+        found = []
         for candidate in candidates:
             resolved = resolve_in_root(ctx.sys, new_root, candidate)
             if resolved is not None and ctx.sys.is_executable(resolved):
-                return candidate
+                found.append(candidate)
+        if found:
+            return found
         where = f"{ctx.state.root_device} mounted on {new_root}"
         if wanted:
             raise StageError(f"init={wanted} is not an executable file in {where}",

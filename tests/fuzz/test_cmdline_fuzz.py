@@ -61,11 +61,24 @@ def test_any_bytes(data: bytes) -> None:
                 assert param.value.encode("utf-8", "surrogateescape") in data
 
 
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _no_a0_byte(text: str) -> bool:
+    """The kernel splits on byte 0xA0, which hides inside many UTF-8 characters (à is C3 A0)."""
+    return b"\xa0" not in text.encode("utf-8", "surrogateescape")
+
+
 @FUZZ
 @given(st.text(max_size=600))
 def test_any_text(text: str) -> None:
     result = parse_or_none(text)
-    if "\0" not in text:
+    if "\0" not in text and _encodable(text):
         assert result is not None
     if result is not None:
         check_options(result)
@@ -76,7 +89,8 @@ _KEYS = [o.key for o in OPTIONS] + ["rd.unknown", "initium.nope", "console", "rd
 _VALUES = st.one_of(st.none(), st.sampled_from(["", "0", "1", "-1", "inf", "nan", "1e999",
                                                  "/sbin/init", "sbin/init", "root,,udev",
                                                  ",", "shell", "halt", "yes", "5.5"]),
-                    st.text(alphabet=st.characters(exclude_characters='"\0 \t\n\v\f\r'),
+                    st.text(alphabet=st.characters(exclude_characters='"\0 \t\n\v\f\r',
+                                                  exclude_categories=["Cs"]),
                             max_size=12))
 
 
@@ -111,7 +125,9 @@ def test_safe_params_round_trip(params: list[tuple[str, str | None]], sep: str) 
 
 
 @FUZZ
-@given(_SAFE_KEY, st.text(alphabet=st.characters(exclude_characters='"\0'), max_size=30))
+@given(_SAFE_KEY, st.text(alphabet=st.characters(exclude_characters='"\0',
+                                                 exclude_categories=["Cs"]),
+                          max_size=30).filter(_no_a0_byte))
 def test_quoted_values_round_trip(key: str, value: str) -> None:
     result = parse(f'{key}="{value}" last')
     assert [(p.raw_key, p.value) for p in result] == [(key, value), ("last", None)]

@@ -234,3 +234,17 @@ def test_second_double_dash_ends_the_init_args_like_the_kernel() -> None:
     assert parse("a -- b -- c d").init_args == ("b",)
     assert parse("a -- -- c").init_args == ()
     assert parse("a -- b --=x c").init_args == ("b", "--=x", "c")
+
+
+def test_byte_a0_separates_words_like_the_kernel() -> None:
+    # lib/ctype.c counts 0xA0 as a space; the kernel splits bytes, not characters.
+    got = parse(b"root=/dev/vda\xa0rw")
+    assert [(p.key, p.value) for p in got] == [("root", "/dev/vda"), ("rw", None)]
+    # Inside a UTF-8 character (a-grave is C3 A0) it splits too, leaving the lead byte.
+    split = parse("init=/sbin/\u00e0x".encode())
+    assert [(p.key, p.value) for p in split] == [("init", "/sbin/\udcc3"), ("x", None)]
+
+
+def test_text_with_a_lone_surrogate_is_a_clear_error() -> None:
+    with pytest.raises(CmdlineError, match="not encodable at offset 5"):
+        parse("root=\ud800")

@@ -12,7 +12,6 @@ UUID = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
     ("/dev/vda", "path", "/dev/vda"),
     ("/dev/vda1", "path", "/dev/vda1"),
     ("/dev/nvme0n1p2", "path", "/dev/nvme0n1p2"),
-    ("/dev/mapper/root", "path", "/dev/mapper/root"),
     (f"UUID={UUID}", "uuid", UUID),
     ("LABEL=root", "label", "root"),
     ("LABEL=my root", "label", "my root"),
@@ -60,7 +59,7 @@ def test_uuid_match_ignores_case() -> None:
 
 
 @pytest.mark.parametrize("text", ["/dev/../etc/shadow", "/dev/./vda", "/dev//vda", "/dev/vda/",
-                                  "/dev/mapper/../../etc", "/dev/vda/.."])
+                                  "/dev/vg/../../etc", "/dev/vda/.."])
 def test_not_plain_device_paths(text: str) -> None:
     with pytest.raises(RootSpecError) as info:
         parse_root_spec(text)
@@ -68,7 +67,7 @@ def test_not_plain_device_paths(text: str) -> None:
 
 
 @pytest.mark.parametrize("text", ["vda", "sda1", "/dev/", "/dev", "/etc/passwd", "uuid=abc",
-                                  "label=root", "ID=1", "", "/dev/disk/by-uuid/",
+                                  "label=root", "ID=1", "",
                                   "08:01", "PARTNROFF=1"])
 def test_unknown_forms(text: str) -> None:
     with pytest.raises(RootSpecError) as info:
@@ -102,3 +101,18 @@ def test_by_label_escapes_are_bytes() -> None:
     assert parse_root_spec("/dev/disk/by-label/caf\\xe9").value == "caf\udce9"
     # ... and escaped bytes that form UTF-8 together are one character.
     assert parse_root_spec("/dev/disk/by-label/caf\\xc3\\xa9").value == "café"
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("/dev/disk/by-id/virtio-root", "udev links"),
+    ("/dev/disk/by-path/pci-0000:00:04.0", "udev links"),
+    ("/dev/disk/by-uuid/", "udev links"),
+    ("/dev/mapper/root", "storage stage"),
+    ("/dev/mapper/../../etc", "storage stage"),
+])
+def test_names_only_udev_or_dm_create_fail_at_once(text: str, why: str) -> None:
+    with pytest.raises(RootSpecError) as info:
+        parse_root_spec(text)
+    message = str(info.value)
+    assert message.startswith(f"root={text}: ") and why in message
+    assert message.endswith("use UUID=, LABEL=, PARTUUID= or PARTLABEL= instead")

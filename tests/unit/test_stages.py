@@ -302,6 +302,7 @@ def switch_machine(executables: set[str], cmdline: str = "", *,
                    env: dict[str, str] | None = None) -> Machine:
     sys = MemorySystem(executables=executables, links=dict(links or {}), env=dict(env or {}))
     m = Machine(sys, cmdline=cmdline)
+    sys.init_args = list(m.ctx.cmdline.init_args)  # what the kernel would hand /init
     m.ctx.state.root_device = "/dev/vda"
     m.ctx.stage = "switch-root"
     return m
@@ -418,7 +419,21 @@ def test_switch_root_exec_failure_is_a_stage_error() -> None:
     m.sys.on_apply = refuse
     with pytest.raises(StageError) as info:
         SwitchRoot().run(m.ctx)
-    assert info.value.cause == "exec /sbin/init failed: Exec format error"
+    assert info.value.cause == "no init could be executed (/sbin/init: Exec format error)"
+    assert info.value.retry is False
+
+
+def test_switch_root_tries_the_next_init_when_exec_fails() -> None:
+    def refuse_sbin_init(sys: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, ops.Exec) and op.path == "/sbin/init":
+            raise OSError(errno.ENOEXEC, "Exec format error")
+
+    m = switch_machine({"/sysroot/sbin/init", "/sysroot/bin/sh"})
+    m.sys.on_apply = refuse_sbin_init
+    SwitchRoot().run(m.ctx)
+    execs = [op.path for op in m.sys.applied if isinstance(op, ops.Exec)]
+    assert execs == ["/sbin/init", "/bin/sh"]
+    assert "exec /sbin/init failed: Exec format error" in m.text
 
 
 # --------------------------------------------------------------------------
@@ -830,7 +845,7 @@ def test_a_whole_boot(images: dict[str, bytes]) -> None:
              **disk("vda", images["root"], 0)}
     sys = MemorySystem(files=files, release=KVER, executables={"/sysroot/lib/systemd/systemd"},
                        links={"/sysroot/sbin/init": "../lib/systemd/systemd"},
-                       env=dict(LAUNCHER_ENV))
+                       env=dict(LAUNCHER_ENV), init_args=["splash"])
     m = Machine(sys, cmdline=None, plan=plan)
     stages = plan.load_stages()
     assert [type(s) for s in stages] == [EarlyMounts, KernelLog, Modules, Root, SwitchRoot]
@@ -854,11 +869,8 @@ def root_mount_of(sys: MemorySystem) -> ops.Mount:
     return op
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: after ChangeRoot the initramfs is gone and / is "
-                   "the new root, yet a failed exec lets the runner offer the shell and re-run "
-                   "switch-root, which moves /dev /proc /sys /run again from inside the new "
-                   "root (LiveSystem detaches them there: /sysroot/dev does not exist)")
 def test_switch_root_is_not_retried_after_change_root() -> None:
+    """After ChangeRoot the initramfs is gone: the shell may be offered, the stage not re-run."""
     failures = [OSError(errno.ENOEXEC, "Exec format error")]
 
     def exec_fails_once(sys: MemorySystem, op: ops.Op) -> None:
@@ -873,3 +885,5 @@ def test_switch_root_is_not_retried_after_change_root() -> None:
     after = sys.applied[entered + 1:]
     assert not [op for op in after
                 if isinstance(op, ops.MoveMount | ops.RemoveInitramfs | ops.ChangeRoot)]
+    assert [type(op) for op in after] == [ops.Exec, ops.Spawn, ops.MakeDir,
+                                          ops.WriteFile, ops.PowerOff]
