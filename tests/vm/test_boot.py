@@ -51,10 +51,14 @@ def test_root_by_partuuid_and_partlabel(boot: BootFn, image: str, gpt_disk: str)
     assert _root_init(result.output) == "/sbin/init"
 
 
-def test_root_by_path_read_write(boot: BootFn, image: str, ext4_disk: str) -> None:
-    result = boot(image, ext4_disk, "root=/dev/vda rw")
+def test_root_by_path_read_write_and_init_arguments(boot: BootFn, image: str,
+                                                    ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, "root=/dev/vda rw single -- --debug 'x'")
     assert _root_init(result.output) == "/sbin/init"
     assert result.has(r"^INITIUM-ROOT-MODE rw\b")
+    # The real init gets what the kernel gave /init: the unknown bare word, then the
+    # words after --.
+    assert result.has(r"INITIUM-ROOT-INIT pid=1 init=/sbin/init args=single --debug 'x' ")
 
 
 def test_init_option(boot: BootFn, image: str, ext4_disk: str) -> None:
