@@ -121,30 +121,13 @@ def _write_atomically(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_image(path: str) -> dict[str, tuple[str, Any]]:
-    """Files of an image: path → (component index label, Entry)."""
-    from initium.packaging.compress import split_image
-    from initium.packaging.cpio import read_archive
-
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as err:
-        raise UserError(f"{path}: {err.strerror}") from None
-    files: dict[str, tuple[str, Any]] = {}
-    for index, segment in enumerate(split_image(data)):
-        label = f"#{index} {segment.compression}"
-        for entry in read_archive(segment.payload_uncompressed):
-            files["/" + entry.path] = (label, entry)
-    return files
-
-
 def _inspect(args: argparse.Namespace) -> int:
     import stat
 
+    from initium.packaging.reader import read_image
     from initium.plan import PLAN_PATH, Plan
 
-    files = _read_image(args.image)
+    files = read_image(args.image)
     for path, (label, entry) in sorted(files.items()):
         kind = stat.filemode(entry.mode)
         extra = f" -> {entry.data.decode(errors='replace')}" if stat.S_ISLNK(entry.mode) else ""
@@ -165,6 +148,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from initium.cmdline import CmdlineError, parse
     from initium.console import Console
     from initium.options import BootOptions
+    from initium.packaging.reader import read_image
     from initium.plan import PLAN_PATH, Plan
     from initium.runner import Runner
     from initium.stage import BootContext
@@ -172,7 +156,7 @@ def _dry_run(args: argparse.Namespace) -> int:
 
     overlay: dict[str, bytes] = {}
     if args.image:
-        files = _read_image(args.image)
+        files = read_image(args.image)
         overlay = {p: e.data for p, (_, e) in files.items() if stat.S_ISREG(e.mode)}
         if PLAN_PATH not in overlay:
             raise UserError(f"{args.image}: no initium plan inside; is it an initium image?")

@@ -5,18 +5,9 @@ from __future__ import annotations
 import shutil
 
 from .kernel import kernel_image
+from .reader import image_plan
 
 QEMU = "qemu-system-x86_64"
-
-
-def image_kver(image: str) -> str:
-    from initium.cli import _read_image
-    from initium.plan import PLAN_PATH, Plan
-
-    files = _read_image(image)
-    if PLAN_PATH not in files:
-        raise ValueError(f"{image}: no initium plan inside; pass --kernel")
-    return Plan.from_json(files[PLAN_PATH][1].data).kver
 
 
 def boot_argv(image: str, *, disks: list[str], append: str = "", kernel: str | None = None,
@@ -24,7 +15,7 @@ def boot_argv(image: str, *, disks: list[str], append: str = "", kernel: str | N
     qemu = shutil.which(QEMU)
     if qemu is None:
         raise ValueError(f"{QEMU} not found: apt-get install qemu-system-x86")
-    kernel = kernel or kernel_image(image_kver(image))
+    kernel = kernel or kernel_image(image_plan(image).kver)
     cmdline = "console=ttyS0 panic=-1"
     if disks and "root=" not in append:
         cmdline += " root=/dev/vda"
