@@ -85,6 +85,19 @@ def ext4_disk(tmp_path_factory: pytest.TempPathFactory) -> str:
     return path
 
 
+# Not UTF-8, with a slash and dot-dots: the label must match byte for byte and
+# be printed escaped, and nothing may use it as a path.
+HOSTILE_LABEL = "../\udcffroot"
+HOSTILE_UUID = "3d0e5b1a-9c8f-4e7d-8b6a-5f4e3d2c1b0a"
+
+
+@pytest.fixture(scope="session")
+def hostile_disk(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = str(tmp_path_factory.mktemp("hostile") / "hostile.img")
+    rootdisk.make_disk(path, uuid=HOSTILE_UUID, label=HOSTILE_LABEL)
+    return path
+
+
 @pytest.fixture(scope="session")
 def gpt_disk(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(tmp_path_factory.mktemp("gpt") / "gpt.img")

@@ -12,7 +12,15 @@ import re
 
 import pytest
 
-from tests.vm.conftest import PART_LABEL, PART_UUID, ROOT_LABEL, ROOT_UUID, BootFn
+from tests.vm.conftest import (
+    HOSTILE_LABEL,
+    HOSTILE_UUID,
+    PART_LABEL,
+    PART_UUID,
+    ROOT_LABEL,
+    ROOT_UUID,
+    BootFn,
+)
 
 pytestmark = pytest.mark.vm
 
@@ -104,3 +112,15 @@ def test_rd_break_gives_a_shell_then_continues(boot: BootFn, shell_image: str,
     assert result.has(r"rd\.break: stopping before root"), result.output[-3000:]
     assert result.has(r"SHELL-SAYS-42"), "the shell did not run a command"
     assert _root_init(result.output) == "/sbin/init"
+
+
+def test_hostile_label_matches_and_is_printed_escaped(boot: BootFn, image: str,
+                                                     hostile_disk: str) -> None:
+    result = boot(image, hostile_disk, f"root=LABEL={HOSTILE_LABEL}")
+    assert _root_init(result.output) == "/sbin/init"
+    missing = boot(image, hostile_disk,
+                   "root=UUID=00000000-0000-4000-8000-00000000beef rd.timeout=1")
+    assert missing.has(rf"seen: vda \(ext4 UUID={HOSTILE_UUID} LABEL=\.\./\\xffroot\)"), \
+        missing.output[-2000:]
+    assert missing.has(r"reboot: System halted")
+    assert not missing.has("Traceback|Kernel panic")
