@@ -129,8 +129,7 @@ class ImageBuilder:
 
     def add_payload(self, payload: PythonPayload) -> None:
         for path, target in payload.symlinks.items():
-            if path.lstrip("/") not in self.links:
-                self.add_symlink(path, target)
+            self.add_symlink(path, target)
         first_path: dict[str, str] = {}
         for path, source in sorted(payload.files.items()):
             if isinstance(source, str):

@@ -105,7 +105,6 @@ def python_payload(configured: str | None, stage_modules: list[str]) -> PythonPa
     major, minor = _version(interpreter)
     frozen = freeze(interpreter, stage_modules)
     payload = PythonPayload(version=f"{major}.{minor}", modules=frozen.modules)
-    payload.symlinks.update(merged_usr_links())
     payload.files[IMAGE_PYTHON] = interpreter
     payload.modes[IMAGE_PYTHON] = 0o755
     dynload = f"/usr/lib/python{major}.{minor}/lib-dynload"
