@@ -1,6 +1,6 @@
 """Run by the image's own interpreter: import the init, then zip what it imported.
 
-Usage: python -I -S _freeze_helper.py TREE ZIP MODULE...
+Usage: python -I -S _freeze_helper.py PATHS ZIP MODULE...   (PATHS: os.pathsep-separated)
 
 It must run in the target interpreter so the bytecode matches its magic
 number and the module set is the one that interpreter really loads.  Only
@@ -12,8 +12,8 @@ import sys
 
 
 def main() -> None:
-    tree, out, *wanted = sys.argv[1:]
-    sys.path.insert(0, tree)
+    paths, out, *wanted = sys.argv[1:]
+    sys.path[:0] = paths.split(":")
     for name in wanted:
         __import__(name)
     snapshot = []

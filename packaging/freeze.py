@@ -46,14 +46,34 @@ def _link_tree(root: str) -> None:
                 os.symlink(os.path.join(directory, name), os.path.join(root, rel, name))
 
 
+def _plugin_paths(modules: list[str]) -> list[str]:
+    """sys.path entries for third-party stage modules (entry points live outside initium)."""
+    import importlib.util
+
+    paths = []
+    for name in modules:
+        top = name.split(".")[0]
+        if top == "initium":
+            continue
+        spec = importlib.util.find_spec(top)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"stage module {name} cannot be found")
+        location = os.path.dirname(spec.origin)
+        if spec.submodule_search_locations:  # a package: its parent directory
+            location = os.path.dirname(location)
+        paths.append(location)
+    return list(dict.fromkeys(paths))
+
+
 def freeze(interpreter: str, modules: list[str]) -> FrozenPython:
     with tempfile.TemporaryDirectory(prefix="initium-freeze-") as tmp:
         tree = os.path.join(tmp, "tree")
         _link_tree(tree)
         out = os.path.join(tmp, "stdlib.zip")
         wanted = ["initium.boot", *modules, *BOOT_EXTRA]
+        paths = ":".join([tree, *_plugin_paths(modules)])
         report = json.loads(process.capture(
-            [interpreter, "-I", "-S", "-X", "utf8", HELPER, tree, out, *wanted],
+            [interpreter, "-I", "-S", "-X", "utf8", HELPER, paths, out, *wanted],
             env={"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}))
         with open(out, "rb") as f:
             data = f.read()

@@ -156,3 +156,36 @@ def test_unknown_module_is_named(kver: str, tmp_path: Path,
     assert code == 2
     assert "module no_such_driver is neither in modules.dep nor builtin" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "x.img")
+
+
+PLUGIN = '''
+from initium import ops
+from initium.stage import BootContext, Stage
+
+
+class Hello(Stage):
+    name = "hello"
+    after = ("early-mounts",)
+    before = ("root",)
+
+    def install(self, image):  # type: ignore[no-untyped-def]
+        return {"greeting": "hello from a plugin"}
+
+    def run(self, ctx: BootContext) -> None:
+        ctx.sys.apply(ops.WriteFile("/run/hello", ctx.data()["greeting"].encode()))
+'''
+
+
+def test_a_third_party_stage_is_ordered_frozen_and_planned(
+        kver: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "hello_initium.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    conf = tmp_path / "initium.toml"
+    conf.write_text('stages = ["hello_initium:Hello"]\nmodules = ["virtio_blk"]\n')
+    files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
+    plan = Plan.from_json(files[PLAN_PATH].data)
+    assert plan.names == ["early-mounts", "console", "hello", "modules", "root", "switch-root"]
+    assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
+    [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
+    names = zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist()
+    assert "hello_initium.pyc" in names
