@@ -7,8 +7,8 @@ environment and no stdin unless it is interactive, bounds its time, reports
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # C module; `signal` imports enum
 import os
-import signal
 import time
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,7 +24,7 @@ _SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 # latency to a quick helper, long enough not to spin.
 _POLL = 0.02
 # PID 1 ignores SIGINT (Ctrl-Alt-Del); its children get the default back.
-_DEFAULT_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGPIPE)
+_DEFAULT_SIGNALS = (_signal.SIGINT, _signal.SIGQUIT, _signal.SIGTERM, _signal.SIGPIPE)
 
 
 def quote(argv: Sequence[str]) -> str:
@@ -63,7 +63,7 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
         if done == pid:
             return os.waitstatus_to_exitcode(status)
         if deadline is not None and time.monotonic() >= deadline:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, _signal.SIGKILL)
             os.waitpid(pid, 0)
             raise ProcessError(f"{argv[0]}: still running after {timeout:g} s, killed")
         time.sleep(_POLL)

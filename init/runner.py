@@ -123,9 +123,12 @@ def failure_message(stage: str, cause: str, hint: str) -> str:
     return f"{stage} failed: {cause}" + (f"; try: {hint}" if hint else "")
 
 
-def format_timeline(entries: Sequence[TimelineEntry], started: float | None) -> str:
+def format_timeline(entries: Sequence[TimelineEntry], started: float | None,
+                    python_ready: float | None = None) -> str:
     lines = ["initium timeline (seconds since kernel start):",
              f"  {'stage':<14} {'start':>8} {'end':>8} {'took':>8}  status"]
+    if python_ready is not None:
+        lines.append(f"  {'(python up)':<14} {python_ready:8.3f}")
     if started is not None:
         lines.append(f"  {'(init start)':<14} {started:8.3f}")
     for e in entries:
@@ -136,10 +139,11 @@ def format_timeline(entries: Sequence[TimelineEntry], started: float | None) -> 
 
 class Runner:
     def __init__(self, stages: Sequence[Stage], ctx: BootContext,
-                 started: float | None = None) -> None:
+                 started: float | None = None, python_ready: float | None = None) -> None:
         self.stages = list(stages)
         self.ctx = ctx
         self.started = started
+        self.python_ready = python_ready
         self.timeline: list[TimelineEntry] = []
 
     def _breaks(self, outcome: Outcome) -> set[str]:
@@ -238,11 +242,12 @@ class Runner:
     def _write_timeline(self) -> None:
         """Leave the timeline for the real root, and print it when asked."""
         ctx = self.ctx
-        doc = {"init_start": self.started, "stages": [asdict(e) for e in self.timeline]}
+        doc = {"python_ready": self.python_ready, "init_start": self.started,
+               "stages": [asdict(e) for e in self.timeline]}
         try:
             ctx.sys.apply(ops.MakeDir("/run/initium"))
             ctx.sys.apply(ops.WriteFile(TIMELINE_PATH, jsonlite.dumps(doc).encode() + b"\n"))
         except OSError as err:
             ctx.console.warn(f"cannot write {TIMELINE_PATH}: {err}")
         if ctx.options.timeline or ctx.options.debug:
-            ctx.console.raw(format_timeline(self.timeline, self.started))
+            ctx.console.raw(format_timeline(self.timeline, self.started, self.python_ready))

@@ -21,6 +21,8 @@ from .freeze import freeze
 
 IMAGE_PYTHON = "/usr/bin/python3"
 ENV_TOOL = "/usr/bin/env"
+# The first clock reading tells interpreter start-up apart from importing the init.
+LAUNCH_CODE = "import time; t = time.monotonic(); from initium.boot import boot; boot(t)"
 # The kernel reads at most BINPRM_BUF_SIZE (256 since Linux 5.1) bytes of a #! line.
 MAX_SHEBANG = 255
 
@@ -86,7 +88,7 @@ def launcher(library_dirs: list[str]) -> bytes:
         env[LIBRARY_PATH_KEY] = ":".join(library_dirs)
     words = [f"{k}={v}" for k, v in env.items()]
     line = (f"#!{ENV_TOOL} -S {' '.join(words)} {IMAGE_PYTHON} -S -c "
-            f"{shlex.quote('from initium.boot import boot; boot()')}")
+            f"{shlex.quote(LAUNCH_CODE)}")
     if len(line) > MAX_SHEBANG:
         raise InterpreterError(f"the /init line is {len(line)} bytes, over the kernel's "
                                f"{MAX_SHEBANG}: {line}")
