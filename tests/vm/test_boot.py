@@ -43,6 +43,7 @@ def test_root_by_uuid_with_timeline(boot: BootFn, image: str, ext4_disk: str) ->
     assert stages == ["early-mounts", "console", "modules", "root"]
     env = re.search(r"INITIUM-ENV (.*)", result.output)
     assert env and "PYTHON" not in env.group(1) and "LD_LIBRARY_PATH" not in env.group(1)
+    assert not result.has("cannot free the initramfs"), "the initramfs must be emptied"
     assert not result.has("Kernel panic")
 
 
