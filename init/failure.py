@@ -46,6 +46,6 @@ def decide(options: BootOptions, plan: Plan, *, security: bool = False) -> Decis
 def carry_out(sys: System, decision: Decision) -> int | None:
     """Start the shell (returning its status) or stop the machine (returning only in tests)."""
     if decision.action == "shell":
-        return sys.spawn(ops.Spawn((SHELL,), timeout=None, interactive=True))
+        return sys.spawn(ops.Spawn((SHELL,), timeout=None, console=True))
     sys.apply(ops.PowerOff(decision.action))
     return None

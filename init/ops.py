@@ -123,11 +123,15 @@ class Exec(Op):
 
 @record
 class Spawn(Op):
-    """Run a helper and wait for it; ``timeout`` None means as long as it takes (a shell)."""
+    """Run a helper and wait for it; ``timeout`` None means as long as it takes (a shell).
+
+    ``console``: the child gets /dev/console as its controlling terminal in a
+    session of its own, so an emergency shell has job control and Ctrl-C.
+    """
 
     argv: tuple[str, ...]
     timeout: float | None = 30.0
-    interactive: bool = False
+    console: bool = False
 
     def describe(self) -> str:
         return "+ " + " ".join(self.argv)

@@ -38,17 +38,53 @@ def quote(argv: Sequence[str]) -> str:
     return " ".join(words)
 
 
+CONSOLE = "/dev/console"
+
+
+def console_tty() -> str:
+    """The device behind /dev/console (e.g. /dev/ttyS0).
+
+    Opening /dev/console itself never makes it a controlling terminal (the
+    kernel's tty_open() forces O_NOCTTY for it), so a shell that should have
+    job control must open the real device: the last one the kernel lists in
+    /sys/class/tty/console/active is the one /dev/console writes to.
+    """
+    try:
+        with open("/sys/class/tty/console/active", "rb") as f:
+            names = f.read(4096).decode("ascii", "replace").split()
+    except OSError:
+        return CONSOLE
+    name = names[-1] if names else ""
+    if not name or "/" in name or name.startswith(".") or not os.path.exists(f"/dev/{name}"):
+        return CONSOLE
+    return f"/dev/{name}"
+
+
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool = False,
-        log: Callable[[str], None] | None = None, env: Mapping[str, str] | None = None) -> int:
+        console: bool = False, log: Callable[[str], None] | None = None,
+        env: Mapping[str, str] | None = None) -> int:
     """Run a child with inherited stdout/stderr and return its exit status.
 
     Built on posix_spawn and waitpid rather than subprocess, which would
     bring threading, selectors, locale and re into the init's image.
     ``argv[0]`` must be a path: PID 1 has no PATH worth searching.
+
+    ``interactive`` shares our stdin/stdout/stderr (the builder's ``qemu``
+    command); ``console`` gives the child a new session whose controlling
+    terminal is the console's tty (opened after setsid, so it becomes the
+    session's terminal), as ``setsid -c`` does for dracut's shell. Otherwise
+    stdin is /dev/null and the child has a session of its own.
     """
     if log is not None:
         log("+ " + quote(argv))
-    actions = [] if interactive else [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]]
+    if console:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, console_tty(), os.O_RDWR, 0),
+                   (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    elif interactive:
+        actions = []
+    else:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     try:
         pid = os.posix_spawn(argv[0], list(argv), dict(env if env is not None else MINIMAL_ENV),
                              file_actions=actions, setsid=not interactive,

@@ -174,7 +174,7 @@ class LiveSystem(System):
 
         if self._log is not None:
             self._log(op.describe())
-        return process.run(op.argv, timeout=op.timeout, interactive=op.interactive,
+        return process.run(op.argv, timeout=op.timeout, console=op.console,
                            log=self._log)
 
     def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:

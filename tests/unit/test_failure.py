@@ -72,7 +72,7 @@ def test_security_defaults_to_false() -> None:
 def test_carry_out_shell_spawns_it_and_returns_its_status() -> None:
     sys = MemorySystem(spawn_status=7)
     assert carry_out(sys, Decision("shell")) == 7
-    assert sys.applied == [ops.Spawn((SHELL,), timeout=None, interactive=True)]
+    assert sys.applied == [ops.Spawn((SHELL,), timeout=None, console=True)]
 
 
 @pytest.mark.parametrize("action", ["halt", "poweroff", "reboot"])

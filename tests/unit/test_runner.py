@@ -315,7 +315,7 @@ def test_shell_then_retry_succeeds() -> None:
     assert outcome.ok
     assert a.runs == 2
     assert m.ran() == ["a", "SHELL", "a", "b"]
-    assert m.shells() == [ops.Spawn((SHELL,), timeout=None, interactive=True)]
+    assert m.shells() == [ops.Spawn((SHELL,), timeout=None, console=True)]
     assert m.stops() == []
     assert m.lines("shell exited; retrying a")
     assert statuses(outcome) == [("a", "failed"), ("a", "ok"), ("b", "ok")]

@@ -102,7 +102,7 @@ def test_rd_break_gives_a_shell_then_continues(boot: BootFn, shell_image: str,
     def answer(text: str) -> bytes | None:
         if "emergency shell" in text and "echo" not in sent:
             sent.append("echo")
-            return b"echo SHELL-SAYS-$((6*7))\n"
+            return b"echo SHELL-SAYS-$((6*7)) $(tty) $(cat /proc/self/stat | cut -d' ' -f7)\n"
         if "SHELL-SAYS-42" in text and "exit" not in sent:
             sent.append("exit")
             return b"exit\n"
@@ -111,7 +111,9 @@ def test_rd_break_gives_a_shell_then_continues(boot: BootFn, shell_image: str,
     result = boot(shell_image, ext4_disk, f"root=UUID={ROOT_UUID} rd.break=root",
                   answer=answer)
     assert result.has(r"rd\.break: stopping before root"), result.output[-3000:]
-    assert result.has(r"SHELL-SAYS-42"), "the shell did not run a command"
+    # The shell owns the console's tty as its controlling terminal: job control, Ctrl-C.
+    assert result.has(r"SHELL-SAYS-42 /dev/tty\S+ [1-9]\d*"), "no shell, or no controlling tty"
+    assert not result.has("job control turned off")
     assert _root_init(result.output) == "/sbin/init"
 
 
