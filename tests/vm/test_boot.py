@@ -87,6 +87,13 @@ def test_missing_root_halts_within_timeout(boot: BootFn, image: str, ext4_disk: 
     assert 2.5 <= waited <= 6.0, f"waited {waited:.1f} s for rd.timeout=3"
 
 
+def test_rd_emergency_reboot(boot: BootFn, image: str, ext4_disk: str) -> None:
+    result = boot(image, ext4_disk, "root=LABEL=absent rd.timeout=1 rd.emergency=reboot",
+                  until=r"reboot: Restarting system|Kernel panic|reboot: Power down")
+    assert result.has(r"root failed: no block device with LABEL=absent after 1\.\d s")
+    assert result.has(r"reboot: Restarting system"), result.output[-2000:]
+
+
 def test_unknown_root_form_is_one_clear_line(boot: BootFn, image: str,
                                              ext4_disk: str) -> None:
     result = boot(image, ext4_disk, "root=ZFS=tank/root rd.emergency=poweroff")
