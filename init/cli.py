@@ -18,7 +18,10 @@ from initium.options import OPTIONS
 
 
 def _cmdline_epilog() -> str:
-    rows = [f"  {o.key}{'=' + o.metavar if o.metavar else ''}" for o in OPTIONS]
+    rows = []
+    for o in OPTIONS:
+        head = o.key + (f"={o.metavar}" if o.metavar else "")
+        rows.append(f"  {head:<22} {o.help.split('. ')[0].rstrip('.')}")
     return ("kernel command-line options understood at boot (see initium.cmdline(7)):\n"
             + "\n".join(rows))
 
