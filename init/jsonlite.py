@@ -45,8 +45,13 @@ def loads(text: str) -> Any:
         value, end = _scan(text, start)
     except StopIteration as err:
         raise ValueError(f"invalid JSON at offset {err.value}") from None
-    except (ValueError, ImportError) as err:  # the C scanner's JSONDecodeError needs json
+    except ValueError as err:  # JSONDecodeError, when json.decoder happens to be imported
         raise ValueError(f"invalid JSON: {err}") from None
+    except SystemError:
+        # The C scanner reports most syntax errors through json.decoder's
+        # JSONDecodeError, looked up in sys.modules only; at boot json is not
+        # imported, and the scanner then fails without an exception set.
+        raise ValueError("invalid JSON") from None
     while end < len(text) and text[end] in _WHITESPACE:
         end += 1
     if end != len(text):

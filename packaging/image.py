@@ -198,6 +198,10 @@ class ImageBuilder:
                                                         key=lambda e: e.path)],
             })
             image += data
+            # The kernel reads an uncompressed archive only at a 4-byte aligned
+            # offset and skips NULs between segments: padding keeps the image
+            # appendable (microcode or an overlay cpio added by another tool).
+            image += bytes(-len(image) % 4)
         manifest = {"format": "initium-manifest/1", "kver": self.kver,
                     "size": len(image), "sha256": hashlib.sha256(image).hexdigest(),
                     "components": described}

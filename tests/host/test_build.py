@@ -52,7 +52,7 @@ def test_manifest_describes_every_byte(built: str) -> None:
     listed = 0
     end = 0
     for comp in manifest["components"]:
-        assert comp["offset"] == end
+        assert comp["offset"] - end < 4 and not image[end:comp["offset"]].strip(b"\0")
         chunk = image[comp["offset"]:comp["offset"] + comp["length"]]
         end = comp["offset"] + comp["length"]
         assert hashlib.sha256(chunk).hexdigest() == comp["sha256"]
@@ -63,7 +63,7 @@ def test_manifest_describes_every_byte(built: str) -> None:
                 assert item["size"] == len(entry.data)
                 assert item["sha256"] == hashlib.sha256(entry.data).hexdigest()
             listed += 1
-    assert end == len(image)
+    assert len(image) - end < 4 and len(image) % 4 == 0
     implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
     assert listed >= len(files) - len(implicit_dirs)
     assert manifest["stages"] == ["early-mounts", "console", "modules", "root", "switch-root"]
