@@ -174,8 +174,10 @@ class LiveSystem(System):
 
         if self._log is not None:
             self._log(op.describe())
-        return process.run(op.argv, timeout=op.timeout, console=op.console,
-                           log=self._log)
+        status = process.run(op.argv, timeout=op.timeout, console=op.console, log=self._log)
+        if os.getpid() == 1:
+            _reap_orphans()
+        return status
 
     def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
         with open(path, "rb") as f:
@@ -234,6 +236,17 @@ class LiveSystem(System):
         # The launcher runs `python3 -S -c CODE /init ARGS…`: sys.argv is ['-c', '/init', ARGS…].
         argv = sys.argv
         return argv[2:] if len(argv) >= 2 and argv[0] == "-c" else argv[1:]
+
+
+def _reap_orphans() -> None:
+    """Collect children that a helper or the shell left behind: PID 1 inherits them."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 _REBOOT_CMDS = {

@@ -107,20 +107,23 @@ def test_rd_break_gives_a_shell_then_continues(boot: BootFn, shell_image: str,
     sent: list[str] = []
 
     def answer(text: str) -> bytes | None:
-        if "emergency shell" in text and "echo" not in sent:
-            sent.append("echo")
-            return b"echo SHELL-SAYS-$((6*7)) $(tty) $(cat /proc/self/stat | cut -d' ' -f7)\n"
-        if "SHELL-SAYS-42" in text and "exit" not in sent:
-            sent.append("exit")
-            return b"exit\n"
+        if "stopping before root" in text and "first" not in sent:
+            sent.append("first")
+            # An orphan for PID 1 to reap: the subshell exits, its sleep is reparented.
+            return (b"echo SHELL-SAYS-$((6*7)) $(tty) $(cut -d' ' -f7 /proc/self/stat); "
+                    b"(sleep 0.1 &); sleep 0.5; exit\n")
+        if "stopping before switch-root" in text and "second" not in sent:
+            sent.append("second")
+            return b"echo ZOMBIES=$(grep -l '^State:.Z' /proc/[0-9]*/status | wc -l); exit\n"
         return None
 
-    result = boot(shell_image, ext4_disk, f"root=UUID={ROOT_UUID} rd.break=root",
+    result = boot(shell_image, ext4_disk, f"root=UUID={ROOT_UUID} rd.break=root,switch-root",
                   answer=answer)
     assert result.has(r"rd\.break: stopping before root"), result.output[-3000:]
     # The shell owns the console's tty as its controlling terminal: job control, Ctrl-C.
     assert result.has(r"SHELL-SAYS-42 /dev/tty\S+ [1-9]\d*"), "no shell, or no controlling tty"
     assert not result.has("job control turned off")
+    assert result.has(r"^ZOMBIES=0\b"), "PID 1 left the first shell's orphan unreaped"
     assert _root_init(result.output) == "/sbin/init"
 
 
