@@ -151,8 +151,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     from initium.cmdline import CmdlineError, parse
     from initium.console import Console
     from initium.options import BootOptions
-    from initium.packaging.reader import read_image
-    from initium.plan import PLAN_PATH, Plan
+    from initium.packaging.reader import plan_in, read_image
     from initium.runner import Runner
     from initium.stage import BootContext
     from initium.system import DryRunSystem
@@ -161,9 +160,7 @@ def _dry_run(args: argparse.Namespace) -> int:
     if args.image:
         files = read_image(args.image)
         overlay = {p: e.data for p, (_, e) in files.items() if stat.S_ISREG(e.mode)}
-        if PLAN_PATH not in overlay:
-            raise UserError(f"{args.image}: no initium plan inside; is it an initium image?")
-        plan = Plan.from_json(overlay[PLAN_PATH])
+        plan = plan_in(files, args.image)
         where = f"image {args.image}"
     else:
         from initium.kmod import ModuleError

@@ -129,8 +129,7 @@ def capture(argv: Sequence[str], *, input: bytes | None = None, timeout: float |
 
 
 def watch(argv: Sequence[str], *, done: Callable[[str], bool], timeout: float,
-          input: bytes | None = None, answer: Callable[[str], bytes | None] | None = None,
-          ) -> tuple[str, bool]:
+          answer: Callable[[str], bytes | None] | None = None) -> tuple[str, bool]:
     """Run a child, collecting its output until ``done(output)`` or ``timeout``; always kill it.
 
     ``answer`` sees the output after each chunk and may return bytes to type
@@ -144,9 +143,6 @@ def watch(argv: Sequence[str], *, done: Callable[[str], bool], timeout: float,
                             stderr=subprocess.STDOUT)
     assert proc.stdout is not None and proc.stdin is not None
     os.set_blocking(proc.stdout.fileno(), False)
-    if input:
-        proc.stdin.write(input)
-        proc.stdin.flush()
     chunks: list[bytes] = []
     deadline = time.monotonic() + timeout
     finished = False

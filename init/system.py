@@ -125,11 +125,15 @@ class LiveSystem(System):
     def __init__(self, log: Callable[[str], None] | None = None) -> None:
         self._log = log
 
+    def _announce(self, op: ops.Op) -> None:
+        """The debug trace (live) and the printed plan (dry run) use the same words."""
+        if self._log is not None:
+            self._log(op.describe())
+
     def apply(self, op: ops.Op) -> None:
         from initium import syscalls  # only the live system loads libc through ctypes
 
-        if self._log is not None:
-            self._log(op.describe())
+        self._announce(op)
         match op:
             case ops.MakeDir(path, mode):
                 os.makedirs(path, mode, exist_ok=True)
@@ -172,10 +176,9 @@ class LiveSystem(System):
     def spawn(self, op: ops.Spawn) -> int:
         from initium import process
 
-        if self._log is not None:
-            self._log(op.describe())
+        self._announce(op)
         status = process.run(op.argv, timeout=op.timeout, console=op.console, log=self._log)
-        if os.getpid() == 1:
+        if self.pid() == 1:
             _reap_orphans()
         return status
 
@@ -333,15 +336,13 @@ class DryRunSystem(LiveSystem):
 
     def apply(self, op: ops.Op) -> None:
         self.plan.append(op)
-        if self._log is not None:
-            self._log(op.describe())
+        self._announce(op)
         if isinstance(op, ops.Mount) and op.source.startswith("/dev/"):
             self._views.append(_View(op.target, self._host_mount_of(op.source)))
 
     def spawn(self, op: ops.Spawn) -> int:
         self.plan.append(op)
-        if self._log is not None:
-            self._log(op.describe())
+        self._announce(op)
         return 0
 
     def _host_mount_of(self, device: str) -> str | None:

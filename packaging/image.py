@@ -56,7 +56,7 @@ class ImageBuilder:
         # collides with the core's "lib" link.
         self.links = {path.lstrip("/"): target for path, target in merged_usr_links().items()}
         for path, target in self.links.items():
-            self._put(Entry(path, stat.S_IFLNK | 0o777, target.encode()))
+            self.add_symlink(path, target)
 
     # -- the Image protocol ------------------------------------------------
 
@@ -128,8 +128,6 @@ class ImageBuilder:
         self._put(Entry(path.lstrip("/"), stat.S_IFCHR | mode, b"", (major, minor)))
 
     def add_payload(self, payload: PythonPayload) -> None:
-        for path, target in payload.symlinks.items():
-            self.add_symlink(path, target)
         first_path: dict[str, str] = {}
         for path, source in sorted(payload.files.items()):
             if isinstance(source, str):

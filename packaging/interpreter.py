@@ -33,11 +33,10 @@ class InterpreterError(ValueError):
 
 @dataclass
 class PythonPayload:
-    """Files (image path → host path or bytes) and symlinks that make /init run."""
+    """Files (image path → host path or bytes) that make /init run."""
 
     files: dict[str, str | bytes] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
-    symlinks: dict[str, str] = field(default_factory=dict)
     version: str = ""
     modules: tuple[str, ...] = ()
 

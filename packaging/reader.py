@@ -32,9 +32,13 @@ def read_image(path: str) -> dict[str, tuple[str, Entry]]:
     return files
 
 
-def image_plan(path: str) -> Plan:
-    """The boot plan stored in an image (ImageError when it has none)."""
-    files = read_image(path)
+def plan_in(files: dict[str, tuple[str, Entry]], path: str) -> Plan:
+    """The boot plan among an image's files (ImageError when it has none)."""
     if PLAN_PATH not in files:
         raise ImageError(f"{path}: no initium plan inside; is it an initium image?")
     return Plan.from_json(files[PLAN_PATH][1].data)
+
+
+def image_plan(path: str) -> Plan:
+    """The boot plan stored in an image file."""
+    return plan_in(read_image(path), path)
