@@ -252,11 +252,11 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_device("dev/console", 5, 1)
     builder.add_file("etc/initrd-release", INITRD_RELEASE)
     modules = sorted({stage_ref(s).split(":")[0] for s in ordered})
-    builder.add_payload(python_payload(config.interpreter, modules))
+    builder.add_payload(python_payload(config.interpreter, modules, config.emergency))
     if config.shell:
         builder.add_busybox()
     builder.current = "policy"
-    builder.add_file(PLAN_PATH, plan.to_json())
+    builder.add_file(PLAN_PATH, plan.to_bytes())
     if config.microcode:
         builder.add_microcode()
     image, manifest = builder.write(mtime)

@@ -62,7 +62,7 @@ class Machine:
 # early-mounts
 
 FILESYSTEMS = (b"nodev\tsysfs\nnodev\ttmpfs\nnodev\tproc\nnodev\tdevtmpfs\n"
-               b"nodev\tsecurityfs\n\text4\n")
+               b"nodev\tsecurityfs\nnodev\tdevpts\n\text4\n")
 
 
 def early(files: Mapping[str, bytes], mounted: list[tuple[str, str, str]] | None = None,
@@ -81,14 +81,22 @@ def test_early_mounts_in_order() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"quiet\n"})
     assert [(op.source, op.target, op.fstype) for op in mount_ops(m)] == [
         ("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/dev/shm", "tmpfs"), ("devpts", "/dev/pts", "devpts"),
         ("tmpfs", "/run", "tmpfs"), ("securityfs", "/sys/kernel/security", "securityfs")]
     by_target = {op.target: op for op in mount_ops(m)}
     assert by_target["/proc"].flags == NOSUID_NODEV_NOEXEC
     assert by_target["/sys"].flags == NOSUID_NODEV_NOEXEC
-    assert by_target["/dev"].flags == linux.MS_NOSUID
-    assert by_target["/dev"].data == "mode=0755"
-    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV
-    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev")
+    # systemd's mount-setup table: strictatime on /dev, /dev/shm and /run,
+    # /run bounded in size and inodes, devpts with the tty group.
+    assert by_target["/dev"].flags == linux.MS_NOSUID | linux.MS_STRICTATIME
+    assert by_target["/dev"].data == "mode=0755,size=4m"
+    assert by_target["/dev/shm"].flags == (linux.MS_NOSUID | linux.MS_NODEV
+                                           | linux.MS_STRICTATIME)
+    assert by_target["/dev/pts"].flags == linux.MS_NOSUID | linux.MS_NOEXEC
+    assert by_target["/dev/pts"].data == "mode=0620,gid=5,ptmxmode=0666"
+    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV | linux.MS_STRICTATIME
+    assert by_target["/run"].data == "mode=0755,size=20%,nr_inodes=800k"
+    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev", "strictatime")
 
 
 def test_early_mounts_make_missing_mount_points_first() -> None:
@@ -97,13 +105,15 @@ def test_early_mounts_make_missing_mount_points_first() -> None:
            for op in m.sys.applied]
     # /proc exists (it has a file below it); the others are created just before their mount
     assert seq == [("Mount", "/proc"), ("MakeDir", "/sys"), ("Mount", "/sys"),
-                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/run"), ("Mount", "/run")]
+                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/dev/shm"),
+                   ("Mount", "/dev/shm"), ("MakeDir", "/run"), ("Mount", "/run")]
 
 
 def test_early_mounts_skip_securityfs_when_the_kernel_lacks_it() -> None:
     without = FILESYSTEMS.replace(b"nodev\tsecurityfs\n", b"")
     m = early({"/proc/filesystems": without})
-    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/run"]
+    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/dev/shm",
+                                                  "/dev/pts", "/run"]
 
 
 def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
@@ -114,7 +124,8 @@ def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
 def test_early_mounts_skip_rows_already_mounted() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"root=/dev/vda\n"},
               mounted=[("proc", "/proc", "proc"), ("devtmpfs", "/dev", "devtmpfs")])
-    assert [op.target for op in mount_ops(m)] == ["/sys", "/run", "/sys/kernel/security"]
+    assert [op.target for op in mount_ops(m)] == ["/sys", "/dev/shm", "/dev/pts", "/run",
+                                                  "/sys/kernel/security"]
     # the command line is read even when /proc was already there
     assert m.ctx.cmdline_loaded
     assert m.ctx.options.root == "/dev/vda"
