@@ -23,7 +23,7 @@ from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, python_payload
-from .kmodules import modules_dep_subset, resolve_modules
+from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
 
 COMPONENTS = ("early", "core", "modules", "policy")
 BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
@@ -71,7 +71,7 @@ class ImageBuilder:
             self._put_host(target, source, payload.modes.get(path, 0o755))
 
     def add_modules(self, names: list[str], optional: list[str] | None = None) -> list[JSON]:
-        files = resolve_modules(self.kver, names, optional)
+        files = resolve_modules(self.kver, names, optional, options=modprobe_options())
         loaded = []
         for module in files:
             path = self.canonical(module.image_path)
@@ -82,7 +82,10 @@ class ImageBuilder:
                     if os.path.isfile(host):
                         self._put_host(f"/lib/firmware/{fw}", host, 0o644, "modules")
                         break
-            loaded.append({"name": module.name, "path": path})
+            entry: JSON = {"name": module.name, "path": path, "required": module.required}
+            if module.params:
+                entry["params"] = module.params
+            loaded.append(entry)
         if files:
             self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
                             modules_dep_subset(self.kver, files).encode()), "modules")

@@ -188,7 +188,7 @@ MODULES = [{"name": "virtio_ring", "path": f"{MODULE_DIR}/drivers/virtio/virtio_
            {"name": "virtio_blk", "path": f"{MODULE_DIR}/drivers/block/virtio_blk.ko"}]
 
 
-def modules_machine(sys: MemorySystem, modules: list[dict[str, str]] | None = None) -> Machine:
+def modules_machine(sys: MemorySystem, modules: list[dict[str, Any]] | None = None) -> Machine:
     data: dict[str, Any] = {"modules": MODULES if modules is None else modules}
     plan = Plan(KVER, (StageEntry("modules", "initium.stages.modules:Modules", data),))
     for item in data["modules"]:
@@ -250,8 +250,47 @@ def test_modules_load_errors() -> None:
     Modules().run(m.ctx)
     assert loaded(m) == ["virtio_ring", "virtio", "virtio_blk"]
     assert m.ctx.state.loaded_modules == ["virtio_blk"]
-    assert "cannot load virtio: No such device, ignoring" in m.text
+    assert "cannot load virtio: ENODEV (No such device), ignoring" in m.text
     assert "virtio_ring" not in m.text.replace("loaded virtio_blk", "")
+
+
+@pytest.mark.parametrize(("code", "hint"), [
+    (errno.ENOEXEC, "not for this kernel"),
+    (errno.EKEYREJECTED, "signature is not trusted"),
+    (errno.ENOENT, "a symbol it needs is missing"),
+])
+def test_a_required_module_the_kernel_rejects_stops_at_once(code: int, hint: str) -> None:
+    """Not a warning and a 30 s wait for a disk that cannot appear."""
+    sys = MemorySystem(release=KVER, module_errors={"virtio": code})
+    m = modules_machine(sys)
+    with pytest.raises(StageError) as info:
+        Modules().run(m.ctx)
+    assert info.value.cause.startswith(
+        f"the kernel rejected module virtio: {errno.errorcode[code]} (")
+    assert hint in info.value.hint
+    assert [name for name, _ in sys.loaded] == ["virtio_ring"]
+
+
+def test_an_optional_module_the_kernel_rejects_is_a_warning() -> None:
+    optional = [{**item, "required": False} for item in MODULES]
+    sys = MemorySystem(release=KVER, module_errors={"virtio": errno.ENOEXEC})
+    m = modules_machine(sys, optional)
+    Modules().run(m.ctx)
+    assert [name for name, _ in sys.loaded] == ["virtio_ring", "virtio_blk"]
+    assert "cannot load virtio: ENOEXEC (Exec format error), ignoring (optional)" in m.text
+
+
+def test_module_parameters_from_modprobe_d_then_the_command_line() -> None:
+    with_params = [MODULES[0], MODULES[1], {**MODULES[2], "params": "queue_depth=64 x=1"}]
+    sys = MemorySystem(release=KVER)
+    m = modules_machine(sys, with_params)
+    m.ctx.set_cmdline(parse('virtio-blk.queue_depth=128 virtio_ring.flag nvme_core.a=1 '
+                            'virtio.label="a b" root=/dev/vda'))
+    Modules().run(m.ctx)
+    assert sys.loaded == [("virtio_ring", "flag"), ("virtio", 'label="a b"'),
+                          ("virtio_blk", "queue_depth=64 x=1 queue_depth=128")]
+    assert "load module virtio_blk from" in ops.LoadModule(
+        "virtio_blk", "/x", "queue_depth=128").describe()
 
 
 def test_modules_none_planned() -> None:
