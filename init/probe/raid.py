@@ -80,9 +80,9 @@ def _md0(read: ReadAt, size: int, table: PartitionTable | None) -> FsInfo | None
 def _md1_csum(sb: bytes) -> int:
     body = sb[:_MD1_CSUM_AT] + bytes(4) + sb[_MD1_CSUM_AT + 4 :]
     whole = len(body) // 4 * 4
-    total = sum(struct.unpack_from(f"<{whole // 4}I", body))
+    total: int = sum(struct.unpack_from(f"<{whole // 4}I", body))
     if len(body) - whole >= 2:
-        total += struct.unpack_from("<H", body, whole)[0]
+        total += int.from_bytes(body[whole : whole + 2], "little")
     return ((total & 0xFFFFFFFF) + (total >> 32)) & 0xFFFFFFFF
 
 
