@@ -1,4 +1,4 @@
-"""RAID metadata written byte by byte, independently of initium.probe.
+"""Disk metadata written byte by byte, independently of initium.probe.
 
 mdadm needs the kernel's md driver to create an array, and IMSM and DDF
 need firmware or a controller; these writers lay out the same on-disk
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+import zlib
 
 MD_MAGIC = 0xA92B4EFC
 KiB = 1024
@@ -68,7 +69,9 @@ def md0_offset(size: int) -> int:
     return (size & ~0xFFFF) - 0x10000
 
 
-def md0_superblock(words: tuple[int, int, int, int], used_kib: int, *, big_endian: bool = False) -> bytes:
+def md0_superblock(
+    words: tuple[int, int, int, int], used_kib: int, *, big_endian: bool = False
+) -> bytes:
     """A 0.90 superblock (4 KiB, host-endian) for a two-disk RAID1."""
     order = ">" if big_endian else "<"
     sb = bytearray(4096)
@@ -101,3 +104,37 @@ def ddf_anchor(guid: bytes, *, big_endian: bool = True) -> bytes:
     hdr[8:32] = guid.ljust(24, b"\0")[:24]
     hdr[32:40] = b"02.00.00"
     return bytes(hdr)
+
+
+def build_gpt(
+    ss: int,
+    total: int,
+    disk_guid: str,
+    parts: list[tuple[int, int, str, str, str]],
+    count: int = 128,
+) -> bytearray:
+    """A minimal, spec-conforming GPT writer for sector sizes sfdisk 2.38 can't do."""
+    disk = bytearray(total * ss)
+    disk[446 + 4] = 0xEE
+    disk[446 + 8 : 446 + 16] = struct.pack("<II", 1, min(total - 1, 0xFFFFFFFF))
+    disk[510:512] = b"\x55\xaa"
+    array = bytearray(count * 128)
+    for i, (first, last, ptype, puuid, name) in enumerate(parts):
+        e = 128 * i
+        array[e : e + 16] = uuid.UUID(ptype).bytes_le
+        array[e + 16 : e + 32] = uuid.UUID(puuid).bytes_le
+        struct.pack_into("<QQ", array, e + 32, first, last)
+        array[e + 56 : e + 56 + 2 * len(name)] = name.encode("utf-16-le", "surrogatepass")
+    array_sectors = -(-len(array) // ss)
+    last = total - 1
+    for my, alt, ents in ((1, last, 2), (last, 1, last - array_sectors)):
+        hdr = bytearray(92)
+        hdr[:8] = b"EFI PART"
+        struct.pack_into("<II", hdr, 8, 0x10000, 92)
+        struct.pack_into("<QQQQ", hdr, 24, my, alt, 2 + array_sectors, last - array_sectors - 1)
+        hdr[56:72] = uuid.UUID(disk_guid).bytes_le
+        struct.pack_into("<QIII", hdr, 72, ents, count, 128, zlib.crc32(array))
+        struct.pack_into("<I", hdr, 16, zlib.crc32(hdr))
+        disk[my * ss : my * ss + 92] = hdr
+        disk[ents * ss : ents * ss + len(array)] = array
+    return disk
