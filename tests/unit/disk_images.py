@@ -90,7 +90,7 @@ def md0_blkid_uuid(words: tuple[int, int, int, int]) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def place(disk: bytearray, offset: int, data: bytes) -> None:
+def place(disk: bytearray, offset: int, data: bytes | bytearray) -> None:
     disk[offset : offset + len(data)] = data
 
 
