@@ -92,6 +92,8 @@ def test_frozen_stdlib_is_only_what_the_init_imports(built: str) -> None:
     [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
     names = set(zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist())
     assert "initium/boot.pyc" in names and "initium/stages/root.pyc" in names
+    # Sub-packages of the core are frozen too (the probes: one module per format).
+    assert {"initium/probe/__init__.pyc", "initium/probe/raid.pyc"} <= names
     assert all(n.endswith(".pyc") for n in names), "the zip must be sourceless"
     # The builder and heavy stdlib modules stay out of the init.
     for absent in ("initium/cli.pyc", "initium/packaging/image.pyc", "dataclasses.pyc",
