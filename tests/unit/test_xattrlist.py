@@ -254,3 +254,15 @@ def test_apply_refuses_a_path_outside_the_tree(tree: Path) -> None:
     with pytest.raises(OSError, match=r"'\.\.' component"):
         SetXattr("../outside/secret", "user.label", b"x", root=str(tree / "root")).perform(None)
     assert os.listxattr(tree / "outside/secret") == []
+
+
+def test_docs_show_the_same_bytes() -> None:
+    doc = (Path(__file__).parents[2] / "docs/image-format.md").read_text()
+    block = doc.split("offset  bytes", 1)[1].split("```", 1)[0]
+    raw = bytearray()
+    for line in block.splitlines()[1:]:
+        column = line[8:59].split()
+        if line[:5].strip():
+            assert int(line[:5], 16) == len(raw), line  # the offset column is right
+        raw += bytes(int(b, 16) for b in column)
+    assert bytes(raw) == EXAMPLE
