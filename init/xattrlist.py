@@ -263,11 +263,13 @@ class SetXattr(Op):
         where = self.root.rstrip("/") + "/" + self.path
         return f"setxattr {self.name}={show_value(self.value)} {where}"
 
-    def perform(self, sys: System | None = None) -> object:
-        raw = _encode(self.path)
-        fault = path_fault(raw)
+    def _refuse(self, code: int, why: str) -> OSError:
+        return OSError(code, f"refusing to set {self.name}: {why}", self.path)
+
+    def perform(self, sys: System | None = None) -> None:
+        fault = path_fault(_encode(self.path))
         if fault is not None:
-            raise OSError(errno.EINVAL, f"refusing to set {self.name}: {fault}", self.path)
+            raise self._refuse(errno.EINVAL, fault)
         *parents, leaf = self.path.split("/")
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
@@ -277,9 +279,7 @@ class SetXattr(Op):
                     child = os.open(part, flags, dir_fd=fd)
                 except OSError as err:
                     if err.errno in (errno.ELOOP, errno.ENOTDIR):  # a link or a file on the way
-                        raise OSError(err.errno, f"refusing to set {self.name}: {part!r} in "
-                                                 "the path is not a directory (a symlink is "
-                                                 "never followed)", self.path) from None
+                        raise self._refuse(err.errno, _NOT_A_DIRECTORY % part) from None
                     raise OSError(err.errno, err.strerror, self.path) from None
                 os.close(fd)
                 fd = child
@@ -291,7 +291,19 @@ class SetXattr(Op):
             raise OSError(err.errno, err.strerror, self.path) from None
         finally:
             os.close(fd)
-        return None
 
-    def simulate(self, sys: System | None = None) -> object:
-        return None
+    def simulate(self, sys: System) -> None:
+        """The same refusals through the facade's queries: a link on the way, a missing file."""
+        fault = path_fault(_encode(self.path))
+        if fault is not None:
+            raise self._refuse(errno.EINVAL, fault)
+        base = self.root.rstrip("/")
+        parts = self.path.split("/")
+        for i in range(1, len(parts)):
+            if sys.readlink(base + "/" + "/".join(parts[:i])) is not None:
+                raise self._refuse(errno.ELOOP, _NOT_A_DIRECTORY % parts[i - 1])
+        if not sys.exists(f"{base}/{self.path}"):
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", self.path)
+
+
+_NOT_A_DIRECTORY = "%r in the path is not a directory (a symlink is never followed)"

@@ -266,3 +266,18 @@ def test_docs_show_the_same_bytes() -> None:
             assert int(line[:5], 16) == len(raw), line  # the offset column is right
         raw += bytes(int(b, 16) for b in column)
     assert bytes(raw) == EXAMPLE
+
+
+def test_the_live_facade_performs_it_and_the_dry_run_only_checks(tree: Path) -> None:
+    from initium.system import DryRunSystem, LiveSystem
+
+    root = tree / "root"
+    LiveSystem().apply(SetXattr("usr/bin/tool", "user.live", b"1", root=str(root)))
+    assert os.getxattr(root / "usr/bin/tool", "user.live") == b"1"
+    dry = DryRunSystem()
+    dry.apply(SetXattr("usr/bin/tool", "user.dry", b"1", root=str(root)))
+    assert "user.dry" not in os.listxattr(root / "usr/bin/tool")
+    with pytest.raises(OSError, match="symlink is never followed"):
+        dry.apply(SetXattr("escape/secret", "user.dry", b"1", root=str(root)))
+    with pytest.raises(FileNotFoundError):
+        dry.apply(SetXattr("usr/bin/none", "user.dry", b"1", root=str(root)))

@@ -20,7 +20,10 @@ IMA = b"\x04\x04" + bytes(32)
 
 
 def lists(**by_component: list[XattrRecord]) -> dict[str, bytes]:
-    return {f"/.initium/xattrs/{c}": serialize(recs) for c, recs in by_component.items()}
+    """The lists, and an empty file for every path they name (the image's files)."""
+    files = {f"/{r.path}": b"" for recs in by_component.values() for r in recs}
+    files.update({f"/.initium/xattrs/{c}": serialize(recs) for c, recs in by_component.items()})
+    return files
 
 
 def run(files: dict[str, bytes], cmdline: str = "", magic: int = linux.TMPFS_MAGIC,
@@ -139,6 +142,22 @@ def test_ramfs_with_ima_stops_with_the_fix() -> None:
                          "security.selinux); no xattrs were applied")
     assert "root=" in err.hint and "tmpfs" in err.hint
     assert err.security
+
+
+def test_a_listed_file_missing_from_the_image_fails() -> None:
+    files = lists(core=[XattrRecord("init", (("security.selinux", LABEL),))])
+    del files["/init"]
+    with pytest.raises(StageError) as caught:
+        run(files)
+    assert caught.value.cause.startswith("/.initium/xattrs/core: cannot set security.selinux "
+                                         "on /init: No such file or directory")
+
+
+def test_a_symlink_on_the_way_is_refused_in_memory_too() -> None:
+    files = lists(core=[XattrRecord("lib/x", (("security.selinux", LABEL),))])
+    sys = MemorySystem(files=files, links={"/lib": "usr/lib"}, fs_magic=linux.TMPFS_MAGIC)
+    with pytest.raises(StageError, match="'lib' in the path is not a directory"):
+        Xattrs().run(context(sys))
 
 
 def test_apply_failure_names_the_list_and_file() -> None:
