@@ -150,7 +150,7 @@ def _inspect(args: argparse.Namespace) -> int:
         size = len(entry.data) if stat.S_ISREG(entry.mode) else 0
         print(f"{kind} {size:>10} {label:<12} {path}{extra}")
     if PLAN_PATH in files:
-        plan = Plan.from_json(files[PLAN_PATH][1].data)
+        plan = Plan.from_bytes(files[PLAN_PATH][1].data)
         print(f"kernel: {plan.kver}")
         print(f"stages: {' → '.join(plan.names)}")
     else:

@@ -23,7 +23,7 @@ from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, python_payload
-from .kmodules import modules_dep_subset, resolve_modules
+from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
 from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
@@ -76,7 +76,7 @@ class ImageBuilder:
             self._put_host(target, source, payload.modes.get(path, 0o755))
 
     def add_modules(self, names: list[str], optional: list[str] | None = None) -> list[JSON]:
-        files = resolve_modules(self.kver, names, optional)
+        files = resolve_modules(self.kver, names, optional, options=modprobe_options())
         loaded = []
         for module in files:
             path = self.canonical(module.image_path)
@@ -87,7 +87,10 @@ class ImageBuilder:
                     if os.path.isfile(host):
                         self._put_host(f"/lib/firmware/{fw}", host, 0o644, "modules")
                         break
-            loaded.append({"name": module.name, "path": path})
+            entry: JSON = {"name": module.name, "path": path, "required": module.required}
+            if module.params:
+                entry["params"] = module.params
+            loaded.append(entry)
         if files:
             self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
                             modules_dep_subset(self.kver, files).encode()), "modules")
@@ -261,11 +264,11 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_device("dev/console", 5, 1)
     builder.add_file("etc/initrd-release", INITRD_RELEASE)
     modules = sorted({stage_ref(s).split(":")[0] for s in ordered})
-    builder.add_payload(python_payload(config.interpreter, modules))
+    builder.add_payload(python_payload(config.interpreter, modules, config.emergency))
     if config.shell:
         builder.add_busybox()
     builder.current = "policy"
-    builder.add_file(PLAN_PATH, plan.to_json())
+    builder.add_file(PLAN_PATH, plan.to_bytes())
     if config.microcode:
         builder.add_microcode()
     attach_xattrs(builder)

@@ -31,7 +31,7 @@ def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = Non
     plan = Plan(kver, tuple(entries))
     path = tmp_path / "plan-only.img"
     path.write_bytes(write_archive([Entry(PLAN_PATH.lstrip("/"), stat.S_IFREG | 0o644,
-                                          plan.to_json())]))
+                                          plan.to_bytes())]))
     return str(path)
 
 

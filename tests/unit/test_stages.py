@@ -62,7 +62,7 @@ class Machine:
 # early-mounts
 
 FILESYSTEMS = (b"nodev\tsysfs\nnodev\ttmpfs\nnodev\tproc\nnodev\tdevtmpfs\n"
-               b"nodev\tsecurityfs\n\text4\n")
+               b"nodev\tsecurityfs\nnodev\tdevpts\n\text4\n")
 
 
 def early(files: Mapping[str, bytes], mounted: list[tuple[str, str, str]] | None = None,
@@ -81,14 +81,22 @@ def test_early_mounts_in_order() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"quiet\n"})
     assert [(op.source, op.target, op.fstype) for op in mount_ops(m)] == [
         ("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/dev/shm", "tmpfs"), ("devpts", "/dev/pts", "devpts"),
         ("tmpfs", "/run", "tmpfs"), ("securityfs", "/sys/kernel/security", "securityfs")]
     by_target = {op.target: op for op in mount_ops(m)}
     assert by_target["/proc"].flags == NOSUID_NODEV_NOEXEC
     assert by_target["/sys"].flags == NOSUID_NODEV_NOEXEC
-    assert by_target["/dev"].flags == linux.MS_NOSUID
-    assert by_target["/dev"].data == "mode=0755"
-    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV
-    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev")
+    # systemd's mount-setup table: strictatime on /dev, /dev/shm and /run,
+    # /run bounded in size and inodes, devpts with the tty group.
+    assert by_target["/dev"].flags == linux.MS_NOSUID | linux.MS_STRICTATIME
+    assert by_target["/dev"].data == "mode=0755,size=4m"
+    assert by_target["/dev/shm"].flags == (linux.MS_NOSUID | linux.MS_NODEV
+                                           | linux.MS_STRICTATIME)
+    assert by_target["/dev/pts"].flags == linux.MS_NOSUID | linux.MS_NOEXEC
+    assert by_target["/dev/pts"].data == "mode=0620,gid=5,ptmxmode=0666"
+    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV | linux.MS_STRICTATIME
+    assert by_target["/run"].data == "mode=0755,size=20%,nr_inodes=800k"
+    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev", "strictatime")
 
 
 def test_early_mounts_make_missing_mount_points_first() -> None:
@@ -97,13 +105,15 @@ def test_early_mounts_make_missing_mount_points_first() -> None:
            for op in m.sys.applied]
     # /proc exists (it has a file below it); the others are created just before their mount
     assert seq == [("Mount", "/proc"), ("MakeDir", "/sys"), ("Mount", "/sys"),
-                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/run"), ("Mount", "/run")]
+                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/dev/shm"),
+                   ("Mount", "/dev/shm"), ("MakeDir", "/run"), ("Mount", "/run")]
 
 
 def test_early_mounts_skip_securityfs_when_the_kernel_lacks_it() -> None:
     without = FILESYSTEMS.replace(b"nodev\tsecurityfs\n", b"")
     m = early({"/proc/filesystems": without})
-    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/run"]
+    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/dev/shm",
+                                                  "/dev/pts", "/run"]
 
 
 def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
@@ -114,7 +124,8 @@ def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
 def test_early_mounts_skip_rows_already_mounted() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"root=/dev/vda\n"},
               mounted=[("proc", "/proc", "proc"), ("devtmpfs", "/dev", "devtmpfs")])
-    assert [op.target for op in mount_ops(m)] == ["/sys", "/run", "/sys/kernel/security"]
+    assert [op.target for op in mount_ops(m)] == ["/sys", "/dev/shm", "/dev/pts", "/run",
+                                                  "/sys/kernel/security"]
     # the command line is read even when /proc was already there
     assert m.ctx.cmdline_loaded
     assert m.ctx.options.root == "/dev/vda"
@@ -177,7 +188,7 @@ MODULES = [{"name": "virtio_ring", "path": f"{MODULE_DIR}/drivers/virtio/virtio_
            {"name": "virtio_blk", "path": f"{MODULE_DIR}/drivers/block/virtio_blk.ko"}]
 
 
-def modules_machine(sys: MemorySystem, modules: list[dict[str, str]] | None = None) -> Machine:
+def modules_machine(sys: MemorySystem, modules: list[dict[str, Any]] | None = None) -> Machine:
     data: dict[str, Any] = {"modules": MODULES if modules is None else modules}
     plan = Plan(KVER, (StageEntry("modules", "initium.stages.modules:Modules", data),))
     for item in data["modules"]:
@@ -239,8 +250,47 @@ def test_modules_load_errors() -> None:
     Modules().run(m.ctx)
     assert loaded(m) == ["virtio_ring", "virtio", "virtio_blk"]
     assert m.ctx.state.loaded_modules == ["virtio_blk"]
-    assert "cannot load virtio: No such device, ignoring" in m.text
+    assert "cannot load virtio: ENODEV (No such device), ignoring" in m.text
     assert "virtio_ring" not in m.text.replace("loaded virtio_blk", "")
+
+
+@pytest.mark.parametrize(("code", "hint"), [
+    (errno.ENOEXEC, "not for this kernel"),
+    (errno.EKEYREJECTED, "signature is not trusted"),
+    (errno.ENOENT, "a symbol it needs is missing"),
+])
+def test_a_required_module_the_kernel_rejects_stops_at_once(code: int, hint: str) -> None:
+    """Not a warning and a 30 s wait for a disk that cannot appear."""
+    sys = MemorySystem(release=KVER, module_errors={"virtio": code})
+    m = modules_machine(sys)
+    with pytest.raises(StageError) as info:
+        Modules().run(m.ctx)
+    assert info.value.cause.startswith(
+        f"the kernel rejected module virtio: {errno.errorcode[code]} (")
+    assert hint in info.value.hint
+    assert [name for name, _ in sys.loaded] == ["virtio_ring"]
+
+
+def test_an_optional_module_the_kernel_rejects_is_a_warning() -> None:
+    optional = [{**item, "required": False} for item in MODULES]
+    sys = MemorySystem(release=KVER, module_errors={"virtio": errno.ENOEXEC})
+    m = modules_machine(sys, optional)
+    Modules().run(m.ctx)
+    assert [name for name, _ in sys.loaded] == ["virtio_ring", "virtio_blk"]
+    assert "cannot load virtio: ENOEXEC (Exec format error), ignoring (optional)" in m.text
+
+
+def test_module_parameters_from_modprobe_d_then_the_command_line() -> None:
+    with_params = [MODULES[0], MODULES[1], {**MODULES[2], "params": "queue_depth=64 x=1"}]
+    sys = MemorySystem(release=KVER)
+    m = modules_machine(sys, with_params)
+    m.ctx.set_cmdline(parse('virtio-blk.queue_depth=128 virtio_ring.flag nvme_core.a=1 '
+                            'virtio.label="a b" root=/dev/vda'))
+    Modules().run(m.ctx)
+    assert sys.loaded == [("virtio_ring", "flag"), ("virtio", 'label="a b"'),
+                          ("virtio_blk", "queue_depth=64 x=1 queue_depth=128")]
+    assert "load module virtio_blk from" in ops.LoadModule(
+        "virtio_blk", "/x", "queue_depth=128").describe()
 
 
 def test_modules_none_planned() -> None:
