@@ -49,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
                        help="compression of the core, modules and policy components")
     build.add_argument("--shell", action="store_true", default=None,
                        help="add busybox for the emergency shell (rd.break, failures)")
+    build.add_argument("--keep-xattrs", action="store_true", default=None,
+                       help="carry the host files' xattrs into the image's xattr lists")
+    build.add_argument("--ima-digest", action="store_true", default=None,
+                       help="give every file a security.ima digest")
+    build.add_argument("--ima-sign-key", metavar="PEM",
+                       help="give every file a security.ima signature made with this key")
+    build.add_argument("--kernel-xattr-list", action="store_true", default=None,
+                       help="also write .xattr-list for kernels with the in-kernel xattr patch")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -100,6 +108,11 @@ def _build(args: argparse.Namespace) -> int:
         overrides["add_modules"] = (*config.add_modules, *args.module)
     if args.kver:
         overrides["kver"] = args.kver
+    for flag in ("keep_xattrs", "ima_digest", "kernel_xattr_list"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    if args.ima_sign_key:
+        overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
     config = replace(config, **overrides)
     kver = config.kver or default_kver()
     epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
