@@ -18,8 +18,10 @@ from initium.options import OPTIONS
 
 
 def _cmdline_epilog() -> str:
+    from initium.packaging.stages import builtin_stages, declared_options
+
     rows = []
-    for o in OPTIONS:
+    for o in (*OPTIONS, *declared_options(builtin_stages())):
         head = o.key + (f"={o.metavar}" if o.metavar else "")
         rows.append(f"  {head:<22} {o.help.split('. ')[0].rstrip('.')}")
     return ("kernel command-line options understood at boot (see initium.cmdline(7)):\n"
@@ -205,11 +207,12 @@ def _dry_run(args: argparse.Namespace) -> int:
     console = Console(lambda line: print(line, end=""), debug=False)
     ctx = BootContext(system, cmdline, BootOptions(), plan, console)
     contexts.append(ctx)
+    runner = Runner(plan.load_stages(), ctx)  # first: it tells ctx the stages' own options
     ctx.set_cmdline(cmdline)
     console.debug_enabled = True  # a dry run shows every decision, not only actions
     print(f"initium dry run of {where} (kernel {plan.kver}) on {os.uname().release}")
     print(f"stages: {' → '.join(plan.names)}")
-    outcome = Runner(plan.load_stages(), ctx).run()
+    outcome = runner.run()
     for note in system.notes:
         print(f"note: {note}")
     for problem in outcome.problems:
