@@ -145,9 +145,11 @@ same for every tool.
   busybox is bind-mounted over the original (nothing on the host changes). The
   **as installed** row is plain `mkinitramfs` on this host, for reference; the
   targets are measured against the fair row.
-* **dracut**: `dracut --no-hostonly -m "base rootfs-block" --drivers
-  "virtio_blk virtio_pci" --force --no-early-microcode --reproducible --zstd
-  --kver K OUT` (`--zstd` like the others: dracut's default is gzip).
+* **dracut**: `dracut --conf EMPTY --confdir EMPTYDIR --no-hostonly -m "base
+  rootfs-block" --drivers "virtio_blk virtio_pci" --force --no-early-microcode
+  --reproducible --zstd --kver K OUT` (`--zstd` like the others: dracut's default
+  is gzip). The empty configuration keeps the build host's /etc/dracut.conf.d
+  out: a package such as dracut-network adds modules there whatever -m says.
 * **floor**: a cpio written with `initium.packaging.cpio.write_archive`,
   zstd-compressed: static busybox, `/dev/console`, the modules in load order
   from `resolve_modules()`, and a busybox `sh` `/init`. Its build runs this
@@ -277,13 +279,29 @@ def itools_argv(kver: str, confdir: str, share: str | None) -> Callable[[str], l
     return argv
 
 
-def dracut_argv(kver: str) -> Callable[[str], list[str]]:
-    help_text = subprocess.run(["dracut", "--help"], capture_output=True, text=True,
-                               check=False).stdout
+def dracut_argv(kver: str, work: str) -> Callable[[str], list[str]]:
+    """dracut isolated from the build host's configuration.
+
+    A package such as dracut-network drops files into /etc/dracut.conf.d
+    (and /usr/lib/dracut/dracut.conf.d) that add modules whatever -m says;
+    the image then waits for the network and times out. An empty --conf and
+    --confdir of our own keep only what the command line asks for.
+    """
+    conf = os.path.join(work, "dracut.conf")
+    confdir = os.path.join(work, "dracut.conf.d")
+    os.makedirs(confdir, exist_ok=True)
+    with open(conf, "w", encoding="utf-8") as f:
+        f.write("# initium benchmark: no host configuration\n")
+    try:
+        help_text = subprocess.run(["dracut", "--help"], capture_output=True, text=True,
+                                   check=False).stdout
+    except FileNotFoundError:
+        help_text = ""  # the build then fails and says so, in the benchmark's own words
     extra = [flag for flag in ("--no-early-microcode", "--reproducible", "--zstd")
              if flag in help_text]
-    return lambda out: ["dracut", "--no-hostonly", "-m", "base rootfs-block", "--drivers",
-                        "virtio_blk virtio_pci", "--force", *extra, "--kver", kver, out]
+    return lambda out: ["dracut", "--conf", conf, "--confdir", confdir, "--no-hostonly",
+                        "-m", "base rootfs-block", "--drivers", "virtio_blk virtio_pci",
+                        "--force", *extra, "--kver", kver, out]
 
 
 def floor_argv(kver: str) -> Callable[[str], list[str]]:
@@ -578,7 +596,7 @@ def run(args: argparse.Namespace, work: str) -> str:
                   "host's /etc/fstab names no root), so the boot skips it"),
         Tool("initramfs-tools as installed", itools_argv(kver, confdir, None),
              note=f"with the hooks of {', '.join(extra_hooks)}"),
-        Tool("dracut", dracut_argv(kver),
+        Tool("dracut", dracut_argv(kver, work),
              note="with no `ro` on the command line dracut mounts the root, unmounts it, "
                   "runs e2fsck, and mounts it read-write (its default behaviour)"),
         Tool("floor (busybox sh)", floor_argv(kver)),
