@@ -65,8 +65,7 @@ def boot(python_ready: float | None = None, init_args: list[str] | None = None) 
             plan = Plan.from_bytes(sys.read_bytes(PLAN_PATH))
             stages = plan.load_stages()
         except (OSError, PlanError) as err:
-            _last_resort(console, f"the image is broken: {text_of(err)}; "
-                                  "rebuild it with initium build")
+            _last_resort(console, f"the image is broken: {err}; rebuild it with initium build")
         ctx = BootContext(sys, Cmdline(), BootOptions(), plan, console)
         outcome = Runner(stages, ctx, started, python_ready).run()
         _last_resort(console, f"boot ended without switching root ({outcome.reason})")

@@ -40,7 +40,8 @@ def test_a_corrupt_plan_halts_with_the_reason(boot: BootFn, image: str, ext4_dis
     broken.write_bytes(Path(image).read_bytes() + overlay)
     result = boot(str(broken), ext4_disk, f"root=UUID={ROOT_UUID}",
                   until=r"System halted|Kernel panic")
-    assert result.has(r"the image is broken: plan is not JSON.*rebuild it with initium build")
+    assert result.has(r"the image is broken: plan is not readable.*rebuild it with "
+                      r"initium build")
     assert result.has(r"reboot: System halted"), result.output[-2000:]
     assert not result.has("Kernel panic|Traceback")
 
