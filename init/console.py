@@ -3,6 +3,14 @@
 A line goes to /dev/kmsg when it exists (so it lands in dmesg and the journal
 of the real root) and straight to the console only when the kernel will not
 echo it there itself, so nothing prints twice whatever ``loglevel`` says.
+
+The kernel drops lines written to one open /dev/kmsg past its rate limit
+(10 lines per 5 s unless ``printk.devkmsg=on``) while ``write()`` still
+succeeds, so an echo we counted on could silently never come.  The limit
+belongs to the open file (kernel/printk/printk.c: ``devkmsg_user.rs``), so
+``KmsgWriter`` opens /dev/kmsg anew before a file has used up its burst:
+no line is ever dropped and the echo can be trusted.  Debug lines stay off
+the kernel log unless ``initium.kmsg_debug`` asks for them.
 """
 
 from __future__ import annotations
@@ -16,6 +24,9 @@ if TYPE_CHECKING:
 ERR, WARNING, INFO, DEBUG = 3, 4, 6, 7
 # printk's LOG_LINE_MAX is 1024 minus the prefix; stay well below it.
 KMSG_LINE_MAX = 900
+# DEFAULT_RATELIMIT_BURST is 10 lines per open file and interval; one fewer
+# leaves a margin for a line the kernel itself counts that we did not.
+KMSG_LINES_PER_OPEN = 9
 
 
 def sanitize(text: str, limit: int = KMSG_LINE_MAX) -> str:
@@ -38,35 +49,45 @@ class Console:
 
     def __init__(self, write_console: Callable[[str], None],
                  write_kmsg: Callable[[str], None] | None = None,
-                 kernel_echo_below: int = 0, quiet: bool = False, debug: bool = False) -> None:
+                 kernel_echo_below: int = 0, *, quiet: bool = False, debug: bool = False,
+                 kmsg_debug: bool = False) -> None:
         self._console = write_console
         self._kmsg = write_kmsg
         self.kernel_echo_below = kernel_echo_below
         self.quiet = quiet
         self.debug_enabled = debug
+        self.kmsg_debug = kmsg_debug
 
     def attach_kmsg(self, write_kmsg: Callable[[str], None], kernel_echo_below: int) -> None:
         self._kmsg = write_kmsg
         self.kernel_echo_below = kernel_echo_below
 
     def emit(self, level: int, message: str, stage: str = "") -> None:
-        if level == DEBUG and not self.debug_enabled:
+        """Never raises: a message that cannot be shown must not become a second failure."""
+        try:
+            self._emit(level, message, stage)
+        except BaseException:  # PID 1: even a hostile str() stays here
+            pass
+
+    def _emit(self, level: int, message: str, stage: str) -> None:
+        if level == DEBUG and not (self.debug_enabled or self.kmsg_debug):
             return
         line = sanitize(f"{stage}: {message}" if stage else message)
         echoed = False
-        if self._kmsg is not None:
+        if self._kmsg is not None and (level != DEBUG or self.kmsg_debug):
             try:
                 self._kmsg(f"<{level}>initium: {line}\n")
                 echoed = level < self.kernel_echo_below
-            except OSError:
+            except Exception:  # any failure of the log means: not echoed
                 echoed = False
         if echoed:
             return
-        if level <= WARNING or (level == INFO and not self.quiet) or self.debug_enabled:
+        if level <= WARNING or (level == INFO and not self.quiet) or (
+                level == DEBUG and self.debug_enabled):
             prefix = {ERR: "ERROR ", WARNING: "WARNING "}.get(level, "")
             try:
                 self._console(f"initium: {prefix}{line}\n")
-            except OSError:
+            except Exception:  # nowhere left to report it
                 pass
 
     def error(self, message: str, stage: str = "") -> None:
@@ -85,7 +106,7 @@ class Console:
         """Unprefixed output (the timeline table, a dry-run plan)."""
         try:
             self._console(text)
-        except OSError:
+        except Exception:  # nowhere left to report it
             pass
 
 
@@ -96,10 +117,51 @@ def fd_writer(fd: int) -> Callable[[str], None]:
     return write
 
 
-def open_kmsg(path: str = "/dev/kmsg") -> tuple[Callable[[str], None], int] | None:
-    """A kmsg writer and the console loglevel below which the kernel echoes lines itself."""
+class KmsgWriter:
+    """Writes lines to /dev/kmsg, reopening it before the kernel's rate limit drops one.
+
+    ``opener`` returns a new file descriptor for /dev/kmsg (injected so the
+    unit tests can model the kernel's per-file limit).
+    """
+
+    def __init__(self, opener: Callable[[], int], write: Callable[[int, bytes], int] = os.write,
+                 close: Callable[[int], None] = os.close,
+                 lines_per_open: int = KMSG_LINES_PER_OPEN) -> None:
+        self._opener = opener
+        self._write = write
+        self._close = close
+        self._lines_per_open = lines_per_open
+        self._fd = opener()
+        self._written = 0
+        self.reopened = 0
+
+    def __call__(self, line: str) -> None:
+        if self._written >= self._lines_per_open:
+            fd = self._opener()
+            old, self._fd, self._written = self._fd, fd, 0
+            self.reopened += 1
+            try:
+                self._close(old)
+            except OSError:
+                pass
+        self._written += 1
+        self._write(self._fd, line.encode("utf-8", errors="surrogateescape"))
+
+
+def open_kmsg(path: str = "/dev/kmsg") -> tuple[KmsgWriter, int] | None:
+    """A kmsg writer and the console loglevel below which the kernel echoes lines itself.
+
+    None when the kernel ignores writes (``printk.devkmsg=off``) or there is
+    no /dev/kmsg: every line then goes to the console.
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        with open("/proc/sys/kernel/printk_devkmsg", "rb") as f:
+            if f.read(16).strip() == b"off":
+                return None
+    except OSError:
+        pass
+    try:
+        writer = KmsgWriter(lambda: os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_NOCTTY))
     except OSError:
         return None
     try:
@@ -107,4 +169,4 @@ def open_kmsg(path: str = "/dev/kmsg") -> tuple[Callable[[str], None], int] | No
             echo_below = int(f.read().split()[0])
     except (OSError, ValueError, IndexError):
         echo_below = 7
-    return fd_writer(fd), echo_below
+    return writer, echo_below

@@ -43,6 +43,18 @@ def decide(options: BootOptions, plan: Plan, *, security: bool = False) -> Decis
     return Decision(wanted)
 
 
+def decide_break(plan: Plan) -> Decision:
+    """What an explicit ``rd.break`` does: the shell whenever the image has one.
+
+    As in dracut, ``rd.shell=0`` and ``rd.emergency=`` govern failures, not
+    a break the user asked for on the command line; an image without a
+    shell cannot honour the break and halts rather than boot on silently.
+    """
+    if plan.has_shell:
+        return Decision("shell")
+    return Decision("halt", "the image has no shell (build with --shell)")
+
+
 def carry_out(sys: System, decision: Decision) -> int | None:
     """Start the shell (returning its status) or stop the machine (returning only in tests)."""
     if decision.action == "shell":

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 
 from initium.cmdline import Cmdline, canonical_key
-from initium.record import record, replace
+from initium.record import field, record, replace
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
     from typing import Any
 
 EMERGENCY_ACTIONS = ("shell", "halt", "poweroff", "reboot")
@@ -39,6 +39,7 @@ class BootOptions:
     debug: bool = False
     timeline: bool = False
     quiet: bool = False
+    kmsg_debug: bool = False
 
 
 def _seconds(value: str) -> float:
@@ -104,6 +105,11 @@ class Option:
     flag: Any = None
     accumulate: bool = False
     metavar: str = ""
+    # What a stage reads when the option is absent (stage-declared options
+    # only; the core's land in BootOptions, whose fields carry the defaults).
+    default: Any = None
+    # The stage that declares the option ("" for the core's own).
+    owner: str = ""
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -132,11 +138,13 @@ OPTIONS: tuple[Option, ...] = (
            "rootdelay or rd.timeout the root wait is 30 s.",
            "dracut: rd.timeout=, systemd: rd.systemd.default_device_timeout_sec=", _seconds,
            metavar="N"),
-    Option("rd.break", "breaks", "Stop before the named stage(s) (comma separated; bare: before "
-           "switch-root) and start the emergency action; the boot continues when a shell exits.",
+    Option("rd.break", "breaks", "Stop before the named stage(s) or dracut hook(s) (comma "
+           "separated; bare: before switch-root) and open the emergency shell, whatever "
+           "rd.shell and rd.emergency say; the boot continues when the shell exits. Without a "
+           "shell in the image the machine halts. See BREAK POINTS for dracut's hook names.",
            "dracut: rd.break[=hook]", _stage_list, flag=("switch-root",), accumulate=True,
            metavar="[STAGE,…]"),
-    Option("rd.shell", "shell", "Allow (1) or forbid (0) the emergency shell.",
+    Option("rd.shell", "shell", "Allow (1) or forbid (0) the emergency shell after a failure.",
            "dracut: rd.shell", _boolean, flag=True, metavar="[0|1]"),
     Option("rd.emergency", "emergency", "What to do when a stage fails: shell, halt, poweroff "
            "or reboot. Default: a shell when the image has one and rd.shell is not 0, else halt.",
@@ -148,9 +156,14 @@ OPTIONS: tuple[Option, ...] = (
            "systemd-analyze (after boot)", _boolean, flag=True, metavar="[0|1]"),
     Option("quiet", "quiet", "Only warnings and errors on the console.", "kernel: quiet",
            flag=True),
+    Option("initium.kmsg_debug", "kmsg_debug", "Also send debug lines to the kernel log "
+           "(dmesg); without it they go to the console only, with rd.debug.",
+           "systemd: systemd.log_target=kmsg with systemd.log_level=debug", _boolean, flag=True,
+           metavar="[0|1]"),
 )
 
 _BY_KEY = {canonical_key(o.key): o for o in OPTIONS}
+_CORE_DESTS = frozenset(BootOptions.__record_fields__)  # type: ignore[attr-defined]
 
 # Prefixes whose unknown keys deserve a warning; everything else belongs to the
 # kernel or to the real root's init and is none of our business.
@@ -161,14 +174,43 @@ _OWNED_PREFIXES = ("rd.", "initium.")
 class ParsedOptions:
     options: BootOptions
     warnings: tuple[str, ...] = ()
+    # Values of the options stages declared, by ``dest``; absent ones are not here.
+    values: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_options(cmdline: Cmdline) -> ParsedOptions:
-    """Turn the command line into typed options plus warnings; never raises."""
+class OptionTableError(ValueError):
+    """Two declarations claim one key or one destination: a bug in a stage, found at build."""
+
+
+def option_table(extra: Sequence[Option] = ()) -> dict[str, Option]:
+    """The core's options and the stages' own, by canonical key; clashes are refused."""
+    table = dict(_BY_KEY)
+    dests = {o.dest: o for o in OPTIONS}
+    for option in extra:
+        key = canonical_key(option.key)
+        if key in table and table[key] is not option:
+            raise OptionTableError(f"option {option.key} is declared twice "
+                                   f"({table[key].owner or 'core'} and {option.owner or '?'})")
+        clash = dests.get(option.dest)
+        if option.dest in _CORE_DESTS or (clash is not None and clash.key != option.key
+                                          and not (clash.owner == option.owner)):
+            raise OptionTableError(f"option {option.key}: destination {option.dest!r} is taken")
+        table[key] = option
+        dests[option.dest] = option
+    return table
+
+
+def parse_options(cmdline: Cmdline, extra: Sequence[Option] = ()) -> ParsedOptions:
+    """Turn the command line into typed options plus warnings; never raises.
+
+    ``extra`` are the options the image's stages declare: they are parsed
+    by the same rules and land in ``ParsedOptions.values``.
+    """
+    table = option_table(extra) if extra else _BY_KEY
     values: dict[str, Any] = {}
     warnings: list[str] = []
     for param in cmdline:
-        option = _BY_KEY.get(param.key)
+        option = table.get(param.key)
         if option is None:
             if param.key.startswith(_OWNED_PREFIXES):
                 warnings.append(f"unknown option {param}, ignored")
@@ -189,4 +231,6 @@ def parse_options(cmdline: Cmdline) -> ParsedOptions:
             values[option.dest] = (*values.get(option.dest, ()), *value)
         else:
             values[option.dest] = value
-    return ParsedOptions(replace(BootOptions(), **values), tuple(warnings))
+    core = {k: v for k, v in values.items() if k in _CORE_DESTS}
+    staged = {k: v for k, v in values.items() if k not in _CORE_DESTS}
+    return ParsedOptions(replace(BootOptions(), **core), tuple(warnings), staged)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]  # C module; `signal` imports enum
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+
+TYPE_CHECKING = False  # typing's import cost is not paid at boot
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping, Sequence
 
 MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 

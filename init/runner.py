@@ -10,7 +10,8 @@ from __future__ import annotations
 import heapq
 
 from initium import jsonlite, ops
-from initium.failure import Decision, carry_out, decide
+from initium.failure import Decision, carry_out, decide, decide_break
+from initium.options import OptionTableError, option_table
 from initium.record import asdict, field, record
 from initium.stage import BootContext, Stage, StageError
 
@@ -22,6 +23,32 @@ TIMELINE_PATH = "/run/initium/timeline.json"
 # Rounds of emergency shell per stage before giving up and halting: a shell
 # that exits at once (no console input) must not loop forever.
 MAX_SHELL_ROUNDS = 3
+
+# dracut's rd.break hook names and the stages that play their part here: a
+# break stops before the first of them the image has.  "cmdline" is special:
+# dracut stops once the command line is parsed, which here is right after
+# early-mounts (it reads /proc/cmdline as soon as /proc is mounted).
+DRACUT_BREAKS: dict[str, tuple[str, ...]] = {
+    "pre-udev": ("udev", "modules"),
+    "pre-trigger": ("udev", "modules"),
+    "initqueue": ("storage", "root"),
+    "pre-mount": ("root",),
+    "mount": ("root",),
+    "pre-pivot": ("measure", "switch-root"),
+    "cleanup": ("switch-root",),
+}
+
+
+def break_stage(name: str, stages: Sequence[str]) -> str | None:
+    """The stage ``rd.break=name`` stops before: a stage name, or a dracut hook's stand-in."""
+    if name in stages:
+        return name
+    if name == "cmdline":
+        if "early-mounts" in stages:
+            index = list(stages).index("early-mounts") + 1
+            return stages[index] if index < len(stages) else None
+        return stages[0] if stages else None
+    return next((s for s in DRACUT_BREAKS.get(name, ()) if s in stages), None)
 
 
 class OrderError(ValueError):
@@ -62,6 +89,10 @@ def order(stages: Sequence[Stage]) -> list[Stage]:
                 heapq.heappush(ready, s)
     if len(result) != len(by_name):
         raise OrderError("stages form a cycle: " + " => ".join(_find_cycle(preds)))
+    try:
+        option_table([o for s in result for o in s.options])
+    except OptionTableError as err:
+        raise OrderError(str(err)) from None
     return result
 
 
@@ -111,12 +142,20 @@ class Outcome:
     timeline: list[TimelineEntry] = field(default_factory=list)
 
 
-def _text(err: BaseException) -> str:
-    """str(err), which can itself raise for a hostile or broken exception."""
+def _text(value: object) -> str:
+    """str(value), which can itself raise for a hostile or broken exception."""
     try:
-        return str(err)
-    except BaseException:
+        text = str(value)
+    except BaseException:  # a failing __str__ must not take PID 1 down
         return "(no message)"
+    return text if isinstance(text, str) else "(no message)"
+
+
+def _type_name(err: BaseException) -> str:
+    try:
+        return str(type(err).__name__)
+    except BaseException:
+        return "exception"
 
 
 def failure_message(stage: str, cause: str, hint: str) -> str:
@@ -142,19 +181,26 @@ class Runner:
                  started: float | None = None, python_ready: float | None = None) -> None:
         self.stages = list(stages)
         self.ctx = ctx
+        ctx.stage_options = tuple(o for s in self.stages for o in s.options)
         self.started = started
         self.python_ready = python_ready
         self.timeline: list[TimelineEntry] = []
 
     def _breaks(self, outcome: Outcome) -> set[str]:
-        names = {s.name for s in self.stages}
-        wanted = set(self.ctx.options.breaks)
-        for unknown in sorted(wanted - names):
-            problem = (f"rd.break={unknown}: no such stage in this image "
-                       f"(stages: {', '.join(s.name for s in self.stages)})")
-            outcome.problems.append(problem)
-            self.ctx.console.warn(problem + ", ignored")
-        return wanted & names
+        names = [s.name for s in self.stages]
+        found: set[str] = set()
+        for wanted in dict.fromkeys(self.ctx.options.breaks):
+            stage = break_stage(wanted, names)
+            if stage is None:
+                problem = (f"rd.break={wanted}: no such stage or dracut hook in this image "
+                           f"(stages: {', '.join(names)})")
+                outcome.problems.append(problem)
+                self.ctx.console.warn(problem + ", ignored")
+                continue
+            if stage != wanted:
+                self.ctx.console.debug(f"rd.break={wanted}: stopping before {stage}")
+            found.add(stage)
+        return found
 
     def run(self) -> Outcome:
         """Run every stage; return only when done, in a dry run, or after a halt that returned."""
@@ -168,7 +214,7 @@ class Runner:
             if breaks and stage.name in breaks:
                 t = sys.monotonic()
                 ctx.console.warn(f"rd.break: stopping before {stage.name}", stage=stage.name)
-                decision = decide(ctx.options, ctx.plan)
+                decision = decide_break(ctx.plan)
                 if decision.action != "shell":
                     ctx.console.warn(f"no shell ({decision.why}); {decision.action}",
                                      stage=stage.name)
@@ -193,9 +239,10 @@ class Runner:
                     return True
                 stage.run(ctx)
             except StageError as err:
-                cause, hint, security, retry = err.cause, err.hint, err.security, err.retry
+                cause, hint = _text(err.cause), _text(err.hint)
+                security, retry = err.security is True, err.retry is not False
             except BaseException as err:  # PID 1 must survive anything, even KeyboardInterrupt
-                cause = f"unexpected {type(err).__name__}: {_text(err)}"
+                cause = f"unexpected {_type_name(err)}: {_text(err)}"
                 hint = "this is a bug in initium; boot with rd.debug and report the log"
                 security, retry = False, True
             else:
@@ -204,6 +251,13 @@ class Runner:
                 return True
             self.timeline.append(TimelineEntry(stage.name, start, sys.monotonic(), "failed"))
             ctx.console.error(failure_message(stage.name, cause, hint))
+            crossed = sys.point_of_no_return
+            if crossed is not None and retry:
+                retry = False
+                ctx.console.warn(f"{stage.name} cannot be retried: '{crossed}' was already "
+                                 "done; a shell, if offered, runs in that half-switched system "
+                                 "to look around: the real root may be at / or /sysroot; "
+                                 "reboot when done")
             decision = decide(ctx.options, ctx.plan, security=security)
             if decision.why:
                 ctx.console.warn(f"{decision.why}; {decision.action}")

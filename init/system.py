@@ -16,17 +16,18 @@ implementations share that contract:
 from __future__ import annotations
 
 import os
-import stat
 import sys
 import time
 
-from initium import linux, ops
+from initium import ops, syscalls
+from initium.console import open_kmsg
 from initium.mounts import MountEntry, parse_mountinfo
 from initium.record import record
 
 TYPE_CHECKING = False  # typing's import cost is not paid at boot
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
+    from typing import Any
 
 # Reads through the facade are bounded: a query must never pull a whole disk
 # or a hostile sysfs file into memory.
@@ -37,12 +38,23 @@ class System:
     """Interface shared by the three implementations (see the module docstring)."""
 
     dry_run = False
+    # What the first irreversible operation was (None: nothing yet); from then
+    # on a failure cannot be retried as if nothing had happened.
+    point_of_no_return: str | None = None
 
-    def apply(self, op: ops.Op) -> None:
+    def apply(self, op: ops.Op) -> Any:
+        """Carry out ``op`` (or record it); its reply, for operations that have one."""
         raise NotImplementedError
 
     def spawn(self, op: ops.Spawn) -> int:
-        raise NotImplementedError
+        """Run a helper to its end; its exit status."""
+        status: int = self.apply(op)
+        return status
+
+    def _crossing(self, op: ops.Op) -> None:
+        """Note the first irreversible operation, before it is attempted."""
+        if op.irreversible and self.point_of_no_return is None:
+            self.point_of_no_return = op.describe()
 
     def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
         raise NotImplementedError
@@ -130,57 +142,10 @@ class LiveSystem(System):
         if self._log is not None:
             self._log(op.describe())
 
-    def apply(self, op: ops.Op) -> None:
-        from initium import syscalls  # only the live system loads libc through ctypes
-
+    def apply(self, op: ops.Op) -> Any:
         self._announce(op)
-        match op:
-            case ops.MakeDir(path, mode):
-                os.makedirs(path, mode, exist_ok=True)
-            case ops.Mount(source, target, fstype, flags, data):
-                syscalls.mount(source, target, fstype, flags, data)
-            case ops.MoveMount(source, target):
-                if os.path.isdir(target):
-                    syscalls.mount(source, target, None, linux.MS_MOVE)
-                else:
-                    syscalls.umount2(source, linux.MNT_DETACH)
-            case ops.Unmount(target, detach):
-                syscalls.umount2(target, linux.MNT_DETACH if detach else 0)
-            case ops.LoadModule(_, path, params):
-                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    syscalls.finit_module(fd, params)
-                finally:
-                    os.close(fd)
-            case ops.WriteFile(path, data, mode):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-                try:
-                    os.write(fd, data)
-                finally:
-                    os.close(fd)
-            case ops.RemoveInitramfs(root, keep):
-                _remove_initramfs(root, keep, syscalls.statfs_type(root))
-            case ops.ChangeRoot(path):
-                os.chdir(path)
-                syscalls.mount(".", "/", None, linux.MS_MOVE)
-                os.chroot(".")
-                os.chdir("/")
-            case ops.Exec(path, argv, env):
-                os.execve(path, list(argv), dict(env))
-            case ops.PowerOff(action):
-                os.sync()
-                syscalls.reboot(_REBOOT_CMDS[action])
-            case _:
-                raise TypeError(f"unknown operation {op!r}")
-
-    def spawn(self, op: ops.Spawn) -> int:
-        from initium import process
-
-        self._announce(op)
-        status = process.run(op.argv, timeout=op.timeout, console=op.console, log=self._log)
-        if self.pid() == 1:
-            _reap_orphans()
-        return status
+        self._crossing(op)
+        return op.perform(self)
 
     def read_bytes(self, path: str, limit: int = READ_LIMIT) -> bytes:
         with open(path, "rb") as f:
@@ -207,8 +172,6 @@ class LiveSystem(System):
             return None
 
     def open_log(self) -> tuple[Callable[[str], None], int] | None:
-        from initium.console import open_kmsg
-
         return open_kmsg()
 
     def size(self, path: str) -> int:
@@ -216,8 +179,6 @@ class LiveSystem(System):
             return f.seek(0, os.SEEK_END)
 
     def statfs_type(self, path: str) -> int:
-        from initium import syscalls
-
         return syscalls.statfs_type(path)
 
     def monotonic(self) -> float:
@@ -239,68 +200,6 @@ class LiveSystem(System):
         # The launcher runs `python3 -S -c CODE /init ARGS…`: sys.argv is ['-c', '/init', ARGS…].
         argv = sys.argv
         return argv[2:] if len(argv) >= 2 and argv[0] == "-c" else argv[1:]
-
-
-def _reap_orphans() -> None:
-    """Collect children that a helper or the shell left behind: PID 1 inherits them."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-_REBOOT_CMDS = {
-    "halt": linux.LINUX_REBOOT_CMD_HALT,
-    "poweroff": linux.LINUX_REBOOT_CMD_POWER_OFF,
-    "reboot": linux.LINUX_REBOOT_CMD_RESTART,
-}
-
-
-def _remove_initramfs(root: str, keep: str, fstype_magic: int) -> None:
-    """Delete the initramfs by directory fd, never leaving its device.
-
-    Guards first, as systemd and booster do: only PID 1, only on a ramfs or
-    tmpfs, only when the initrd marker is there.  A mistake here deletes a
-    real root file system.
-    """
-    if os.getpid() != 1:
-        raise OSError(1, "refusing to remove files: not PID 1")
-    if fstype_magic not in (linux.RAMFS_MAGIC, linux.TMPFS_MAGIC):
-        raise OSError(22, f"refusing to remove files: {root} is not a ramfs or tmpfs")
-    if not os.path.exists(os.path.join(root, "etc/initrd-release")):
-        raise OSError(2, "refusing to remove files: no /etc/initrd-release marker")
-    root_dev = os.stat(root).st_dev
-    keep_name = os.path.relpath(keep, root)
-
-    def clear(dir_fd: int, top: bool) -> None:
-        for entry in os.scandir(dir_fd):
-            if top and entry.name == keep_name:
-                continue
-            st = os.stat(entry.name, dir_fd=dir_fd, follow_symlinks=False)
-            if stat.S_ISDIR(st.st_mode):
-                if st.st_dev != root_dev:
-                    continue  # a mount point (/dev, /proc …): not ours to empty
-                child = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                dir_fd=dir_fd)
-                try:
-                    clear(child, False)
-                finally:
-                    os.close(child)
-                try:
-                    os.rmdir(entry.name, dir_fd=dir_fd)
-                except OSError:
-                    pass  # still a mount point, or busy: leave it
-            else:
-                os.unlink(entry.name, dir_fd=dir_fd)
-
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        clear(fd, True)
-    finally:
-        os.close(fd)
 
 
 @record(frozen=False)
@@ -334,16 +233,13 @@ class DryRunSystem(LiveSystem):
         self._views: list[_View] = []
         self._clock = time.monotonic()
 
-    def apply(self, op: ops.Op) -> None:
+    def apply(self, op: ops.Op) -> Any:
         self.plan.append(op)
         self._announce(op)
+        self._crossing(op)
         if isinstance(op, ops.Mount) and op.source.startswith("/dev/"):
             self._views.append(_View(op.target, self._host_mount_of(op.source)))
-
-    def spawn(self, op: ops.Spawn) -> int:
-        self.plan.append(op)
-        self._announce(op)
-        return 0
+        return op.simulate(self)
 
     def _host_mount_of(self, device: str) -> str | None:
         try:

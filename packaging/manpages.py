@@ -7,8 +7,10 @@ committed pages differ from what the tables say.
 from __future__ import annotations
 
 from initium.options import OPTIONS
+from initium.runner import DRACUT_BREAKS
 
 from .config import SETTINGS
+from .stages import builtin_stages, declared_options
 
 
 def _roff(text: str) -> str:
@@ -33,13 +35,28 @@ def cmdline_page() -> str:
         "words belong to the kernel or to the real init and are not ours to judge.",
         ".PP",
         "Options that are not yet implemented (rd.luks.*, rd.lvm.*, rd.md.*, roothash=, "
-        "ip=, enforcing=, selinux=) are reported as unknown.",
+        "ip=, enforcing=, selinux=) are reported as unknown. Stages declare their own "
+        "options; those are listed below with the stage that owns them.",
         ".SH OPTIONS",
     ]
-    for option in OPTIONS:
+    for option in (*OPTIONS, *declared_options(builtin_stages())):
         head = option.key + (f"={option.metavar}" if option.metavar else "")
-        lines += [".TP", f"\\fB{_roff(head)}\\fR", _roff(option.help),
+        owner = f" (stage {option.owner})" if option.owner else ""
+        lines += [".TP", f"\\fB{_roff(head)}\\fR", _roff(option.help + owner),
                   ".br", f"Equivalent: {_roff(option.equivalent)}."]
+    lines += [
+        ".SH BREAK POINTS",
+        "rd.break=NAME stops before the stage NAME, or before the stage that plays the part "
+        "of dracut's hook NAME: the first of the stages listed that the image has. A break "
+        "always opens the emergency shell when the image has one, whatever rd.shell= and "
+        "rd.emergency= say (they govern failures); without a shell the machine halts.",
+        ".TP",
+        "\\fBcmdline\\fR",
+        "the stage right after early\\-mounts (the command line is read as soon as /proc "
+        "is mounted)",
+    ]
+    for hook, stages in DRACUT_BREAKS.items():
+        lines += [".TP", f"\\fB{_roff(hook)}\\fR", _roff(", then ".join(stages))]
     lines += [
         ".SH WAITING FOR THE ROOT",
         "Without rootwait, rootdelay= or rd.timeout= the root device is awaited for 30 "

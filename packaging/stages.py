@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
+from initium.options import Option
 from initium.stage import Stage
 from initium.stages import DEFAULT_STAGES
 
@@ -35,3 +36,13 @@ def load_stages(extra: tuple[str, ...] = ()) -> list[Stage]:
     for item in extra:
         refs.append(plugins.get(item, item) if ":" not in item else item)
     return [_load(ref) for ref in dict.fromkeys(refs)]
+
+
+def builtin_stages() -> list[Stage]:
+    """The stages initium ships, without plugins: what the man page documents."""
+    return [_load(ref) for ref in DEFAULT_STAGES]
+
+
+def declared_options(stages: list[Stage]) -> list[Option]:
+    """Every option the stages declare, in stage order."""
+    return [option for stage in stages for option in stage.options]

@@ -21,6 +21,7 @@ from initium.runner import (
     Outcome,
     Runner,
     TimelineEntry,
+    break_stage,
     failure_message,
     format_timeline,
     order,
@@ -478,20 +479,78 @@ def test_rd_break_without_a_shell_stops_the_boot() -> None:
     assert statuses(outcome) == [("a", "ok"), ("b", "break")]
 
 
-def test_rd_break_with_rd_emergency_poweroff() -> None:
-    m = Machine("rd.break=a rd.emergency=poweroff", has_shell=True)
+@pytest.mark.parametrize("policy", ["rd.emergency=poweroff", "rd.shell=0",
+                                    "rd.shell=0 rd.emergency=halt"])
+def test_rd_break_opens_the_shell_whatever_the_failure_policy(policy: str) -> None:
+    """dracut: rd.shell= and rd.emergency= govern failures, not an explicit break."""
+    m = Machine(f"rd.break=a {policy}", has_shell=True)
     outcome = m.run([stage("a")])
-    assert outcome.action == "poweroff"
-    assert m.stops() == ["poweroff"]
-    assert m.shells() == []
+    assert outcome.ok
+    assert m.ran() == ["SHELL", "a"]
+    assert m.stops() == []
+
+
+@pytest.mark.parametrize(("hook", "stages", "stops_before"), [
+    ("cmdline", ["early-mounts", "console", "modules", "root", "switch-root"], "console"),
+    ("pre-udev", ["early-mounts", "modules", "udev", "root"], "udev"),
+    ("pre-udev", ["early-mounts", "modules", "root"], "modules"),
+    ("pre-trigger", ["early-mounts", "modules", "root"], "modules"),
+    ("initqueue", ["modules", "storage", "root"], "storage"),
+    ("initqueue", ["modules", "root", "switch-root"], "root"),
+    ("pre-mount", ["modules", "root", "switch-root"], "root"),
+    ("mount", ["modules", "root", "switch-root"], "root"),
+    ("pre-pivot", ["root", "measure", "switch-root"], "measure"),
+    ("pre-pivot", ["root", "switch-root"], "switch-root"),
+    ("cleanup", ["root", "measure", "switch-root"], "switch-root"),
+])
+def test_dracut_hook_names_stop_where_a_dracut_user_expects(
+        hook: str, stages: list[str], stops_before: str) -> None:
+    assert break_stage(hook, stages) == stops_before
+    chain = [stage(n, after=stages[:i][-1:]) for i, n in enumerate(stages)]
+    m = Machine(f"rd.break={hook}", has_shell=True)
+    m.run(chain)
+    ran = m.ran()
+    assert ran[ran.index("SHELL") + 1] == stops_before
+
+
+def test_a_failure_past_the_point_of_no_return_is_not_retried() -> None:
+    """Once /dev was moved, running the stage again would act on a half-switched machine."""
+    class Moves(FakeStage):
+        name = "switch-root"
+
+        def run(self, ctx: BootContext) -> None:
+            self.runs += 1
+            ctx.sys.apply(ops.MoveMount("/dev", "/sysroot/dev"))
+            raise OSError(5, "Input/output error")
+
+    sys = MemorySystem(files={"/sysroot/dev/": b""}, mounted=[("devtmpfs", "/dev", "devtmpfs")])
+    m = Machine(has_shell=True, sys=sys)
+    moves = Moves()
+    outcome = m.run([moves])
+    assert moves.runs == 1
+    assert m.ran() == ["SHELL"]
+    assert m.stops() == ["halt"]
+    assert not outcome.ok
+    assert m.lines("switch-root cannot be retried: 'mount --move /dev /sysroot/dev' was "
+                   "already done")
+
+
+def test_a_failure_before_the_point_of_no_return_is_retried_after_the_shell() -> None:
+    m = Machine(has_shell=True)
+    a = stage("a", errors=[OSError(5, "Input/output error")])
+    outcome = m.run([a])
+    assert outcome.ok
+    assert a.runs == 2
+    assert m.sys.point_of_no_return is None
 
 
 def test_unknown_rd_break_stage_is_a_problem_not_a_stop() -> None:
     m = Machine("rd.break=nope,b", has_shell=True)
     outcome = m.run([stage("a"), stage("b")])
     assert outcome.ok
-    assert outcome.problems == ["rd.break=nope: no such stage in this image (stages: a, b)"]
-    assert m.lines("rd.break=nope: no such stage in this image")
+    assert outcome.problems == ["rd.break=nope: no such stage or dracut hook in this image "
+                                "(stages: a, b)"]
+    assert m.lines("rd.break=nope: no such stage or dracut hook in this image")
     assert m.ran() == ["a", "SHELL", "b"]
 
 

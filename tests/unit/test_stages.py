@@ -297,10 +297,22 @@ def test_resolve_symlink_budget() -> None:
     assert resolve_in_root(sys, ROOT, "/l0") is None
 
 
+# A machine as the root stage leaves it: API file systems and the root mounted,
+# the initramfs (with its marker) around them.
+SWITCH_MOUNTS = [("devtmpfs", "/dev", "devtmpfs"), ("proc", "/proc", "proc"),
+                 ("sysfs", "/sys", "sysfs"), ("tmpfs", "/run", "tmpfs"),
+                 ("devpts", "/dev/pts", "devpts"), ("/dev/vda", "/sysroot", "ext4")]
+SWITCH_FILES = {"/etc/initrd-release": b"ID=initium\n", "/init": b"#!", "/usr/bin/sh": b"",
+                "/dev/console": b"", "/proc/cmdline": b"", "/run/initium/timeline.json": b"{}",
+                "/sysroot/etc/hostname": b"real\n", "/sysroot/dev/": b"", "/sysroot/proc/": b"",
+                "/sysroot/sys/": b"", "/sysroot/run/": b""}
+
+
 def switch_machine(executables: set[str], cmdline: str = "", *,
                    links: dict[str, str] | None = None,
                    env: dict[str, str] | None = None) -> Machine:
-    sys = MemorySystem(executables=executables, links=dict(links or {}), env=dict(env or {}))
+    sys = MemorySystem(files=dict(SWITCH_FILES), mounted=list(SWITCH_MOUNTS),
+                       executables=executables, links=dict(links or {}), env=dict(env or {}))
     m = Machine(sys, cmdline=cmdline)
     sys.init_args = list(m.ctx.cmdline.init_args)  # what the kernel would hand /init
     m.ctx.state.root_device = "/dev/vda"
@@ -392,6 +404,17 @@ def test_switch_root_operation_sequence_and_environment() -> None:
                  (("BOOT_IMAGE", "/vmlinuz"), ("HOME", "/"), ("TERM", "vt220"))),
     ]
     assert API_MOUNTS == ("/dev", "/proc", "/sys", "/run")
+    # The machine the real init finds: its root at /, the API mounts (with
+    # /dev/pts riding along under /dev) inside it, the initramfs gone.
+    assert m.sys.mounted == [("devtmpfs", "/dev", "devtmpfs"), ("proc", "/proc", "proc"),
+                             ("sysfs", "/sys", "sysfs"), ("tmpfs", "/run", "tmpfs"),
+                             ("devpts", "/dev/pts", "devpts"), ("/dev/vda", "/", "ext4")]
+    assert m.sys.read_bytes("/etc/hostname") == b"real\n"
+    assert m.sys.read_bytes("/run/initium/timeline.json") == b"{}"  # /run moved, not freed
+    assert not m.sys.exists("/etc/initrd-release")
+    assert not [p for p in m.sys.files if not p.startswith("/sysroot/")
+                and not p.startswith(("/dev/", "/proc/", "/run/"))]
+    assert m.sys.point_of_no_return == "mount --move /dev /sysroot/dev"
     passed = dict(exec_op(m).env)
     for key in (*LAUNCHER_ENV, LIBRARY_PATH_KEY):
         assert key not in passed
@@ -842,6 +865,8 @@ def test_a_whole_boot(images: dict[str, bytes]) -> None:
     plan = Plan(KVER, entries)
     files = {"/proc/filesystems": FILESYSTEMS,
              "/proc/cmdline": f"root=UUID={ROOT_UUID} rw initium.timeline -- splash\n".encode(),
+             "/etc/initrd-release": b"ID=initium\n",
+             **{f"/sysroot/{d}/": b"" for d in ("dev", "proc", "sys", "run")},
              **disk("vda", images["root"], 0)}
     sys = MemorySystem(files=files, release=KVER, executables={"/sysroot/lib/systemd/systemd"},
                        links={"/sysroot/sbin/init": "../lib/systemd/systemd"},
@@ -857,8 +882,12 @@ def test_a_whole_boot(images: dict[str, bytes]) -> None:
     assert root_mount_of(sys) == ops.Mount("/dev/vda", "/sysroot", "ext4", 0, "", ("rw",))
     assert sys.applied[-1] == ops.Exec("/sbin/init", ("/sbin/init", "splash"),
                                        (("HOME", "/"), ("TERM", "linux")))
-    doc = json.loads(sys.files[TIMELINE_PATH])
+    # Read as the real init does: the root is / now and /run was moved into it.
+    doc = json.loads(sys.read_bytes(TIMELINE_PATH))
     assert [s["stage"] for s in doc["stages"]] == ["early-mounts", "console", "modules", "root"]
+    assert sys.root == "/sysroot"
+    assert ("/dev/vda", "/", "ext4") in sys.mounted
+    assert not sys.exists("/etc/initrd-release")  # the initramfs was freed
     assert "initium timeline" in m.text
     # once /dev/kmsg was attached every message also went to the kernel log
     assert any("root: found UUID=" in line for line in sys.kmsg)
@@ -877,7 +906,8 @@ def test_switch_root_is_not_retried_after_change_root() -> None:
         if isinstance(op, ops.Exec) and failures:
             raise failures.pop()
 
-    sys = MemorySystem(executables={"/sysroot/sbin/init"}, on_apply=exec_fails_once)
+    sys = MemorySystem(files=dict(SWITCH_FILES), mounted=list(SWITCH_MOUNTS),
+                       executables={"/sysroot/sbin/init"}, on_apply=exec_fails_once)
     m = Machine(sys, plan=Plan(KVER, (), has_shell=True))
     m.ctx.state.root_device = "/dev/vda"
     Runner([SwitchRoot()], m.ctx).run()
