@@ -49,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
                        help="compression of the core, modules and policy components")
     build.add_argument("--shell", action="store_true", default=None,
                        help="add busybox for the emergency shell (rd.break, failures)")
+    build.add_argument("--interpreter", choices=("host", "static"),
+                       help="host: this host's Python and its libraries; static: one static "
+                            "ELF built from CPython's source and cached (default: host)")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -100,6 +103,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["add_modules"] = (*config.add_modules, *args.module)
     if args.kver:
         overrides["kver"] = args.kver
+    if args.interpreter:
+        overrides["interpreter_kind"] = args.interpreter
     config = replace(config, **overrides)
     kver = config.kver or default_kver()
     epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
@@ -142,7 +147,17 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"stages: {' → '.join(plan.names)}")
     else:
         print("no initium plan in this image")
+    _print_interpreter({path: entry.data for path, (_, entry) in files.items()
+                        if stat.S_ISREG(entry.mode)})
     return 0
+
+
+def _print_interpreter(files: dict[str, bytes]) -> None:
+    from initium.packaging.interpreter import describe_interpreter
+
+    kind, size, modules = describe_interpreter(files)
+    print(f"interpreter: {kind}, {size} bytes, {len(modules)} frozen modules")
+    print(f"frozen: {' '.join(modules)}")
 
 
 def _dry_run(args: argparse.Namespace) -> int:
