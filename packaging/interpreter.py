@@ -172,7 +172,7 @@ def payload_for(kind: str, configured: str | None, stage_modules: list[str],
     return payload
 
 
-def _elf_length(data: bytes) -> int:
+def elf_length(data: bytes) -> int:
     """Where an ELF64 file ends: its section header table, which strip places last."""
     import struct
 
@@ -191,7 +191,7 @@ def describe_interpreter(files: dict[str, bytes]) -> tuple[str, int, list[str]]:
 
     init = files.get("/init", b"")
     if init.startswith(b"\x7fELF"):
-        kind, size, archive = "static", _elf_length(init), init
+        kind, size, archive = "static", elf_length(init), init
     elif init.startswith(b"#!"):
         zips = [p for p in files if p.startswith("/usr/lib/python") and p.endswith(".zip")]
         kind, size = "host", len(files.get(IMAGE_PYTHON, b""))
