@@ -49,6 +49,14 @@ def parser() -> argparse.ArgumentParser:
                        help="compression of the core, modules and policy components")
     build.add_argument("--shell", action="store_true", default=None,
                        help="add busybox for the emergency shell (rd.break, failures)")
+    build.add_argument("--keep-xattrs", action="store_true", default=None,
+                       help="carry the host files' xattrs into the image's xattr lists")
+    build.add_argument("--ima-digest", action="store_true", default=None,
+                       help="give every file a security.ima digest")
+    build.add_argument("--ima-sign-key", metavar="PEM",
+                       help="give every file a security.ima signature made with this key")
+    build.add_argument("--kernel-xattr-list", action="store_true", default=None,
+                       help="also write .xattr-list for kernels with the in-kernel xattr patch")
     build.add_argument("--interpreter", choices=("host", "static"),
                        help="host: this host's Python and its libraries; static: one static "
                             "ELF built from CPython's source and cached (default: host)")
@@ -103,6 +111,11 @@ def _build(args: argparse.Namespace) -> int:
         overrides["add_modules"] = (*config.add_modules, *args.module)
     if args.kver:
         overrides["kver"] = args.kver
+    for flag in ("keep_xattrs", "ima_digest", "kernel_xattr_list"):
+        if getattr(args, flag):
+            overrides[flag] = True
+    if args.ima_sign_key:
+        overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
     if args.interpreter:
         overrides["interpreter_kind"] = args.interpreter
     config = replace(config, **overrides)
@@ -142,7 +155,7 @@ def _inspect(args: argparse.Namespace) -> int:
         size = len(entry.data) if stat.S_ISREG(entry.mode) else 0
         print(f"{kind} {size:>10} {label:<12} {path}{extra}")
     if PLAN_PATH in files:
-        plan = Plan.from_json(files[PLAN_PATH][1].data)
+        plan = Plan.from_bytes(files[PLAN_PATH][1].data)
         print(f"kernel: {plan.kver}")
         print(f"stages: {' → '.join(plan.names)}")
     else:

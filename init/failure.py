@@ -13,6 +13,9 @@ from initium.record import record
 from initium.system import System
 
 SHELL = "/usr/bin/sh"  # busybox, added by initium build --shell
+# After switch-root has freed the initramfs, its busybox is gone: the shell
+# then comes from the real root, where we now stand.
+FALLBACK_SHELLS = ("/bin/sh",)
 
 
 @record
@@ -58,6 +61,7 @@ def decide_break(plan: Plan) -> Decision:
 def carry_out(sys: System, decision: Decision) -> int | None:
     """Start the shell (returning its status) or stop the machine (returning only in tests)."""
     if decision.action == "shell":
-        return sys.spawn(ops.Spawn((SHELL,), timeout=None, console=True))
+        shell = next((s for s in (SHELL, *FALLBACK_SHELLS) if sys.is_executable(s)), SHELL)
+        return sys.spawn(ops.Spawn((shell,), timeout=None, console=True))
     sys.apply(ops.PowerOff(decision.action))
     return None

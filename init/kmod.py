@@ -97,3 +97,51 @@ def load_order(wanted: Iterable[str], deps: Mapping[str, tuple[str, list[str]]],
     for name in wanted:
         visit(name, None, False)
     return order
+
+
+def parse_modprobe_options(text: str) -> dict[str, list[str]]:
+    """``options MODULE PARAM…`` lines of a modprobe.d file → {module: [PARAM, …]}.
+
+    As libkmod reads them: ``#`` starts a comment line, a trailing backslash
+    joins the next line, module names compare with - and _ equal. Other
+    commands (alias, blacklist, install, softdep) are not ours to act on.
+    """
+    result: dict[str, list[str]] = {}
+    logical: list[str] = []
+    pending = ""
+    for raw in text.splitlines():
+        if raw.endswith("\\"):
+            pending += raw[:-1] + " "
+            continue
+        logical.append(pending + raw)
+        pending = ""
+    if pending:
+        logical.append(pending)
+    for line in logical:
+        words = line.split()
+        if len(words) < 3 or words[0] != "options":
+            continue
+        result.setdefault(module_name(words[1]), []).extend(words[2:])
+    return result
+
+
+def cmdline_module_params(params: Iterable[tuple[str, str | None]]) -> dict[str, list[str]]:
+    """``MODULE.PARAM[=VALUE]`` words of the kernel command line → {module: ["PARAM=VALUE"]}.
+
+    The kernel applies these itself only to built-in code; for a loadable
+    module the loader must pass them (libkmod reads /proc/cmdline the same
+    way). A value with a space is quoted again for the kernel's own parser.
+    """
+    result: dict[str, list[str]] = {}
+    for key, value in params:
+        module, dot, param = key.partition(".")
+        if not dot or not module or not param or "=" in module or "/" in module:
+            continue
+        if value is None:
+            word = param
+        elif " " in value or "\t" in value:
+            word = f'{param}="{value}"'
+        else:
+            word = f"{param}={value}"
+        result.setdefault(module_name(module), []).append(word)
+    return result

@@ -3,13 +3,21 @@
 The init does no plugin discovery and no ordering at boot: it reads this
 file, checks it matches the running kernel, and imports exactly the stages it
 names, in the order given.
+
+The file is in ``marshal`` format: the interpreter reads it with its own
+built-in, documented loader, so there is no parser of ours on the boot path
+and no dependence on a private corner of another module (the skeleton drove
+``_json``'s C scanner and relied on 3.11's exceptions from it).  Whatever
+``marshal`` makes of a corrupt file, the reader accepts only plain data
+(dict, list, tuple, str, int, float, bool, None) of bounded depth and size,
+and every failure is one ``PlanError`` line.
 """
 
 from __future__ import annotations
 
+import marshal
 import sys
 
-from initium import jsonlite
 from initium.record import field, record
 from initium.stage import JSON, Stage
 
@@ -17,8 +25,13 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-PLAN_PATH = "/etc/initium/plan.json"
-PLAN_VERSION = 1
+PLAN_PATH = "/etc/initium/plan.marshal"
+PLAN_VERSION = 2
+# marshal's format 4 is what every CPython since 3.4 reads and writes.
+MARSHAL_FORMAT = 4
+MAX_PLAN_BYTES = 8 << 20
+MAX_DEPTH = 32
+_PLAIN = (str, int, float, bool, type(None))
 
 
 class PlanError(ValueError):
@@ -49,9 +62,7 @@ class Plan:
                 return entry.data
         return {}
 
-    def to_json(self) -> bytes:
-        import json  # build time only: the init reads plans with jsonlite
-
+    def to_bytes(self) -> bytes:
         doc = {
             "version": PLAN_VERSION,
             "kver": self.kver,
@@ -59,14 +70,21 @@ class Plan:
             "default_emergency": self.default_emergency,
             "stages": [{"name": s.name, "ref": s.ref, "data": s.data} for s in self.stages],
         }
-        return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+        _check_plain(doc, 0)
+        return marshal.dumps(doc, MARSHAL_FORMAT)
 
     @classmethod
-    def from_json(cls, data: bytes) -> Plan:
+    def from_bytes(cls, data: bytes) -> Plan:
+        if len(data) > MAX_PLAN_BYTES:
+            raise PlanError(f"plan is {len(data)} bytes, over {MAX_PLAN_BYTES}")
         try:
-            doc: Any = jsonlite.loads(data.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as err:
-            raise PlanError(f"plan is not JSON: {err}") from None
+            doc: Any = marshal.loads(data)
+        except (ValueError, EOFError, TypeError, MemoryError, RecursionError) as err:
+            raise PlanError(f"plan is not readable: {_one_line(err)}") from None
+        try:
+            _check_plain(doc, 0)
+        except ValueError as err:
+            raise PlanError(f"plan holds {err}") from None
         if not isinstance(doc, dict) or doc.get("version") != PLAN_VERSION:
             raise PlanError(f"plan version is not {PLAN_VERSION}")
         kver, stages = doc.get("kver"), doc.get("stages")
@@ -77,10 +95,10 @@ class Plan:
             if not (isinstance(item, dict) and isinstance(item.get("name"), str)
                     and isinstance(item.get("ref"), str) and ":" in item["ref"]
                     and isinstance(item.get("data", {}), dict)):
-                raise PlanError(f"bad stage entry in plan: {str(item)[:80]}")
+                raise PlanError(f"bad stage entry in plan: {_one_line(item)[:80]}")
             entries.append(StageEntry(item["name"], item["ref"], item.get("data", {})))
         emergency = doc.get("default_emergency")
-        return cls(kver, tuple(entries), bool(doc.get("has_shell", False)),
+        return cls(kver, tuple(entries), doc.get("has_shell", False) is True,
                    emergency if isinstance(emergency, str) else None)
 
     def load_stages(self) -> list[Stage]:
@@ -98,3 +116,30 @@ class Plan:
                 raise PlanError(f"stage {entry.name}: {entry.ref} is not that stage")
             loaded.append(stage)
         return loaded
+
+
+def _check_plain(value: object, depth: int) -> None:
+    """Plain data only: a corrupt file must not hand the init a code object or a set."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"data nested deeper than {MAX_DEPTH}")
+    if isinstance(value, _PLAIN):
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"a key of type {type(key).__name__}")
+            _check_plain(item, depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_plain(item, depth + 1)
+        return
+    raise ValueError(f"a {type(value).__name__}, which a plan never holds")
+
+
+def _one_line(value: object) -> str:
+    try:
+        text = repr(value) if not isinstance(value, BaseException) else str(value)
+    except Exception:
+        return "(unprintable)"
+    return text.replace("\n", " ")

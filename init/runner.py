@@ -158,6 +158,11 @@ def _type_name(err: BaseException) -> str:
         return "exception"
 
 
+def text_of(err: BaseException) -> str:
+    """``Type: message`` for any exception, even one whose ``__str__`` raises."""
+    return f"{_type_name(err)}: {_text(err)}"
+
+
 def failure_message(stage: str, cause: str, hint: str) -> str:
     return f"{stage} failed: {cause}" + (f"; try: {hint}" if hint else "")
 

@@ -134,8 +134,10 @@ class System:
 class LiveSystem(System):
     """The real machine."""
 
-    def __init__(self, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None,
+                 init_args: list[str] | None = None) -> None:
         self._log = log
+        self._init_args = init_args
 
     def _announce(self, op: ops.Op) -> None:
         """The debug trace (live) and the printed plan (dry run) use the same words."""
@@ -197,9 +199,9 @@ class LiveSystem(System):
         return dict(os.environ)
 
     def init_arguments(self) -> list[str]:
-        # The launcher runs `python3 -S -c CODE /init ARGS…`: sys.argv is ['-c', '/init', ARGS…].
-        argv = sys.argv
-        return argv[2:] if len(argv) >= 2 and argv[0] == "-c" else argv[1:]
+        if self._init_args is not None:
+            return list(self._init_args)
+        return sys.argv[1:]
 
 
 @record(frozen=False)
@@ -225,8 +227,7 @@ class DryRunSystem(LiveSystem):
     def __init__(self, overlay: Mapping[str, bytes] | None = None,
                  log: Callable[[str], None] | None = None,
                  init_args: list[str] | None = None) -> None:
-        super().__init__(log)
-        self._init_args = list(init_args or [])
+        super().__init__(log, list(init_args or []))
         self.plan: list[ops.Op] = []
         self.notes: list[str] = []
         self._overlay = dict(overlay or {})
@@ -294,9 +295,6 @@ class DryRunSystem(LiveSystem):
 
     def open_log(self) -> tuple[Callable[[str], None], int] | None:
         return None  # a dry run never writes to the host's kernel log
-
-    def init_arguments(self) -> list[str]:
-        return list(self._init_args)
 
     def monotonic(self) -> float:
         return self._clock

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from initium.options import EMERGENCY_ACTIONS
+from initium.xattrlist import NAMESPACES
+
+IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattrs.HASH_ALGOS
 
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "ext4")
 COMPRESSIONS = ("zstd", "gzip", "none")
@@ -38,6 +41,12 @@ class BuildConfig:
     microcode: bool = True
     source_date_epoch: int | None = None
     stages: tuple[str, ...] = field(default=())
+    keep_xattrs: bool = False
+    xattr_namespaces: tuple[str, ...] = ("security.",)
+    ima_digest: bool = False
+    ima_sign_key: str | None = None
+    ima_hash: str = "sha256"
+    kernel_xattr_list: bool = False
 
     @property
     def required_modules(self) -> list[str]:
@@ -85,6 +94,14 @@ def _path(value: Any) -> str:
     return value
 
 
+def _namespaces(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if name not in NAMESPACES:
+            raise ValueError(f"must name namespaces among {', '.join(NAMESPACES)}")
+    return tuple(dict.fromkeys(names))
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError("must be a non-empty string")
@@ -129,6 +146,21 @@ SETTINGS: tuple[Setting, ...] = (
             "SOURCE_DATE_EPOCH in the environment overrides it; default 0.", ""),
     Setting("stages", _str_list, "Extra stages (entry point names or module:Class) to add to "
             "the default ones.", ""),
+    Setting("keep_xattrs", _bool, "Copy the extended attributes of the host files the image "
+            "is made of (in the namespaces of xattr_namespaces) into the xattr lists.",
+            "--keep-xattrs"),
+    Setting("xattr_namespaces", _namespaces, "Namespaces the xattr lists may set at boot, "
+            "among security., trusted. and user.; default [\"security.\"].", ""),
+    Setting("ima_digest", _bool, "Give every regular file a security.ima digest (the format "
+            "evmctl ima_hash writes).", "--ima-digest"),
+    Setting("ima_sign_key", _path, "PEM private key (no passphrase): give every regular file a "
+            "security.ima signature v2 made with it (the format evmctl ima_sign writes).",
+            "--ima-sign-key"),
+    Setting("ima_hash", _choice(IMA_HASHES), "Hash algorithm of the IMA digests and "
+            "signatures.", ""),
+    Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
+            "the end of its archive, for kernels with the in-kernel xattr patch.",
+            "--kernel-xattr-list"),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

@@ -39,11 +39,20 @@ def _package_dirs() -> dict[str, str]:
 
 def _link_tree(root: str) -> None:
     """Lay initium out as a plain package tree of symlinks (the source keeps it split)."""
-    for rel, directory in _package_dirs().items():
+    dirs = _package_dirs()
+    for rel, directory in dirs.items():
         os.makedirs(os.path.join(root, rel), exist_ok=True)
         for name in sorted(os.listdir(directory)):
+            path = os.path.join(directory, name)
             if name.endswith(".py"):
-                os.symlink(os.path.join(directory, name), os.path.join(root, rel, name))
+                os.symlink(path, os.path.join(root, rel, name))
+            elif (
+                f"{rel}/{name}" not in dirs
+                and name != "__pycache__"
+                and os.path.isfile(os.path.join(path, "__init__.py"))
+            ):
+                # A sub-package of the core (initium.probe): the whole directory.
+                os.symlink(path, os.path.join(root, rel, name))
 
 
 def _plugin_paths(modules: list[str]) -> list[str]:

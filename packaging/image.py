@@ -23,7 +23,8 @@ from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
-from .kmodules import modules_dep_subset, resolve_modules
+from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
+from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
 BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
@@ -40,6 +41,9 @@ class Component:
     name: str
     compressed: bool
     entries: dict[str, Entry] = field(default_factory=dict)
+    xattrs: dict[str, dict[str, bytes]] = field(default_factory=dict)  # path -> name -> value
+    # Entries in a second archive after the first one's trailer (the kernel's .xattr-list).
+    tail: dict[str, Entry] = field(default_factory=dict)
 
 
 class ImageBuilder:
@@ -50,6 +54,7 @@ class ImageBuilder:
         self.kver = kver
         self.components = {name: Component(name, name != "early") for name in COMPONENTS}
         self.current = "core"
+        self.sources: dict[str, str] = {}  # image path -> the host file it was copied from
         # Merged /usr: /lib, /bin … are symlinks into usr/ on the host and in the
         # image, so every path is stored under its usr/ name; a component that
         # mentioned "lib/modules" would otherwise carry a "lib" directory that
@@ -71,7 +76,7 @@ class ImageBuilder:
             self._put_host(target, source, payload.modes.get(path, 0o755))
 
     def add_modules(self, names: list[str], optional: list[str] | None = None) -> list[JSON]:
-        files = resolve_modules(self.kver, names, optional)
+        files = resolve_modules(self.kver, names, optional, options=modprobe_options())
         loaded = []
         for module in files:
             path = self.canonical(module.image_path)
@@ -82,7 +87,10 @@ class ImageBuilder:
                     if os.path.isfile(host):
                         self._put_host(f"/lib/firmware/{fw}", host, 0o644, "modules")
                         break
-            loaded.append({"name": module.name, "path": path})
+            entry: JSON = {"name": module.name, "path": path, "required": module.required}
+            if module.params:
+                entry["params"] = module.params
+            loaded.append(entry)
         if files:
             self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
                             modules_dep_subset(self.kver, files).encode()), "modules")
@@ -114,6 +122,7 @@ class ImageBuilder:
     def _put_host(self, path: str, source: str | bytes, mode: int,
                   component: str | None = None) -> None:
         if isinstance(source, str):
+            self.sources[self.canonical(path).lstrip("/")] = source
             with open(source, "rb") as f:
                 source = f.read()
         self._put(Entry(path.lstrip("/"), stat.S_IFREG | mode, source), component)
@@ -181,6 +190,8 @@ class ImageBuilder:
             if not comp.entries:
                 continue
             archive = write_archive(comp.entries.values(), mtime=mtime)
+            if comp.tail:
+                archive += write_archive(comp.tail.values(), mtime=mtime)
             method = self.config.compress if comp.compressed else "none"
             data = compress(archive, method, self.config.compress_level) \
                 if method != "none" else archive
@@ -192,8 +203,9 @@ class ImageBuilder:
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
                 "uncompressed_size": len(archive),
-                "files": [_describe(e) for e in sorted(comp.entries.values(),
-                                                        key=lambda e: e.path)],
+                "files": [_describe(e, comp.xattrs.get(e.path, {}))
+                          for e in sorted((*comp.entries.values(), *comp.tail.values()),
+                                          key=lambda e: e.path)],
             })
             image += data
             # The kernel reads an uncompressed archive only at a 4-byte aligned
@@ -206,7 +218,7 @@ class ImageBuilder:
         return bytes(image), manifest
 
 
-def _describe(entry: Entry) -> dict[str, Any]:
+def _describe(entry: Entry, xattrs: dict[str, bytes]) -> dict[str, Any]:
     item: dict[str, Any] = {"path": "/" + entry.path, "mode": f"{entry.mode:o}"}
     if stat.S_ISREG(entry.mode):
         item["size"] = len(entry.data)
@@ -215,7 +227,7 @@ def _describe(entry: Entry) -> dict[str, Any]:
         item["target"] = entry.data.decode(errors="surrogateescape")
     elif stat.S_ISCHR(entry.mode) or stat.S_ISBLK(entry.mode):
         item["rdev"] = f"{entry.rdev[0]}:{entry.rdev[1]}"
-    item["xattrs"] = {}
+    item["xattrs"] = {name: value.hex() for name, value in sorted(xattrs.items())}
     return item
 
 
@@ -257,9 +269,10 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     if config.shell:
         builder.add_busybox()
     builder.current = "policy"
-    builder.add_file(PLAN_PATH, plan.to_json())
+    builder.add_file(PLAN_PATH, plan.to_bytes())
     if config.microcode:
         builder.add_microcode()
+    attach_xattrs(builder)
     image, manifest = builder.write(mtime)
     manifest["stages"] = plan.names
     manifest["interpreter"] = {"kind": payload.kind, "version": payload.version,

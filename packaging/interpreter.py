@@ -22,8 +22,62 @@ from .freeze import freeze
 
 IMAGE_PYTHON = "/usr/bin/python3"
 ENV_TOOL = "/usr/bin/env"
-# The first clock reading tells interpreter start-up apart from importing the init.
-LAUNCH_CODE = "import time; t = time.monotonic(); from initium.boot import boot; boot(t)"
+LAUNCHER_PATH = "/usr/lib/initium/launch.py"
+# What the launcher does when the init cannot even be imported: the
+# configured emergency action, where it can be done without the init (a
+# shell cannot: halt instead).
+LAUNCHER_ACTIONS = {"reboot": 0x01234567, "poweroff": 0x4321FEDC, "halt": 0xCDEF0123}
+# The host interpreter's launcher.  Built-in modules only: the frozen zip may
+# be what is broken.  The first clock reading tells interpreter start-up
+# apart from importing the init.  sys.argv is [this file, "/init", ARGS…].
+LAUNCHER = '''"""initium's /init launcher (host interpreter), written by initium build.
+
+If the init cannot even be imported, say why on the console and in the
+kernel log and stop the machine as configured: PID 1 must never exit.
+"""
+import sys
+import time
+
+_started = time.monotonic()
+try:
+    from initium.boot import boot
+
+    boot(_started, sys.argv[2:])
+except BaseException as _err:
+    import os
+
+    try:
+        _what = type(_err).__name__ + ": " + str(_err)
+    except BaseException:
+        _what = "an error that cannot be printed"
+    _line = ("initium: FATAL: the init could not start (" + _what.replace("\\n", " ")[:600]
+             + "); the image is broken: rebuild it with initium build; %(action)s\\n")
+    _data = _line.encode("utf-8", "replace")
+    for _fd in (1, 2):
+        try:
+            os.write(_fd, _data)
+            break
+        except BaseException:
+            pass
+    try:
+        _kmsg = os.open("/dev/kmsg", os.O_WRONLY)
+        os.write(_kmsg, b"<2>" + _data)
+        os.close(_kmsg)
+    except BaseException:
+        pass
+    try:
+        import ctypes
+
+        os.sync()
+        ctypes.CDLL(None).reboot(%(command)d)
+    except BaseException:
+        pass
+    while True:
+        try:
+            time.sleep(3600)
+        except BaseException:
+            pass
+'''
 # The kernel reads at most BINPRM_BUF_SIZE (256 since Linux 5.1) bytes of a #! line.
 MAX_SHEBANG = 255
 
@@ -83,14 +137,19 @@ def merged_usr_links() -> dict[str, str]:
     return links
 
 
+def launcher_script(emergency: str | None) -> bytes:
+    """The launcher, stopping the machine the configured way when the init cannot start."""
+    action = emergency if emergency in LAUNCHER_ACTIONS else "halt"
+    return (LAUNCHER % {"action": action, "command": LAUNCHER_ACTIONS[action]}).encode()
+
+
 def launcher(library_dirs: list[str]) -> bytes:
-    """The /init script: env -S sets the interpreter's environment, then the init starts."""
+    """The /init script: env -S sets the interpreter's environment, then the launcher runs."""
     env = dict(LAUNCHER_ENV)
     if library_dirs:
         env[LIBRARY_PATH_KEY] = ":".join(library_dirs)
     words = [f"{k}={v}" for k, v in env.items()]
-    line = (f"#!{ENV_TOOL} -S {' '.join(words)} {IMAGE_PYTHON} -S -c "
-            f"{shlex.quote(LAUNCH_CODE)}")
+    line = f"#!{ENV_TOOL} -S {' '.join(words)} {IMAGE_PYTHON} -S {shlex.quote(LAUNCHER_PATH)}"
     if len(line) > MAX_SHEBANG:
         raise InterpreterError(f"the /init line is {len(line)} bytes, over the kernel's "
                                f"{MAX_SHEBANG}: {line}")
@@ -104,7 +163,8 @@ def add_elf(payload: PythonPayload, host_paths: list[str]) -> None:
         payload.modes.setdefault(canonical(loader_path), 0o755)
 
 
-def python_payload(configured: str | None, stage_modules: list[str]) -> PythonPayload:
+def python_payload(configured: str | None, stage_modules: list[str],
+                   emergency: str | None = None) -> PythonPayload:
     interpreter = choose_interpreter(configured)
     major, minor = _version(interpreter)
     frozen = freeze(interpreter, stage_modules)
@@ -128,6 +188,8 @@ def python_payload(configured: str | None, stage_modules: list[str]) -> PythonPa
                        and not os.path.basename(p).startswith("ld-")})
     payload.files["/init"] = launcher(lib_dirs)
     payload.modes["/init"] = 0o755
+    payload.files[LAUNCHER_PATH] = launcher_script(emergency)
+    payload.modes[LAUNCHER_PATH] = 0o644
     return payload
 
 
@@ -166,7 +228,7 @@ def payload_for(kind: str, configured: str | None, stage_modules: list[str],
         return static_payload(stage_modules, emergency)
     if kind != "host":
         raise InterpreterError(f"interpreter kind must be one of {', '.join(INTERPRETER_KINDS)}")
-    payload = python_payload(configured, stage_modules)
+    payload = python_payload(configured, stage_modules, emergency)
     host = payload.files.get(IMAGE_PYTHON)
     payload.interpreter_size = os.path.getsize(host) if isinstance(host, str) else 0
     return payload

@@ -18,6 +18,7 @@ from initium.kmod import (
     load_order,
     module_name,
     parse_builtin,
+    parse_modprobe_options,
     parse_modules_dep,
     parse_softdeps,
 )
@@ -33,6 +34,36 @@ class ModuleFile:
     image_path: str  # where the init finds it, e.g. /lib/modules/KVER/kernel/…/virtio_blk.ko
     data: bytes
     firmware: tuple[str, ...]
+    # Named (or needed by a module named) on purpose: the boot stops at once
+    # when the kernel rejects it. The rest is the optional default set.
+    required: bool = True
+    params: str = ""  # from the build host's modprobe.d "options" lines
+
+
+MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
+                 "/usr/lib/modprobe.d", "/lib/modprobe.d")
+
+
+def modprobe_options(dirs: tuple[str, ...] = MODPROBE_DIRS) -> dict[str, list[str]]:
+    """Module options from the host's modprobe.d, as libkmod merges them.
+
+    Files are taken by name across the directories, the first directory
+    that has a name winning (so /etc overrides /lib), in name order.
+    """
+    chosen: dict[str, str] = {}
+    for directory in dirs:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if name.endswith(".conf"):
+                chosen.setdefault(name, os.path.join(directory, name))
+    merged: dict[str, list[str]] = {}
+    for name in sorted(chosen):
+        for module, words in parse_modprobe_options(_read(chosen[name])).items():
+            merged.setdefault(module, []).extend(words)
+    return merged
 
 
 def _read(path: str) -> str:
@@ -56,11 +87,14 @@ def _plain(path: str) -> bytes:
 
 
 def resolve_modules(kver: str, names: list[str], optional: list[str] | None = None,
-                    modules_root: str = "/lib/modules") -> list[ModuleFile]:
-    """The modules to load, in load order.
+                    modules_root: str = "/lib/modules",
+                    options: dict[str, list[str]] | None = None) -> list[ModuleFile]:
+    """The modules to load, in load order, each marked required or optional.
 
     An unknown name in ``names`` is a ModuleError; names in ``optional`` that
-    this kernel does not have are skipped.
+    this kernel does not have are skipped. ``names`` and their hard
+    dependencies are required; optional names and soft dependencies are not.
+    ``options`` (modprobe.d's, by module) become each module's parameters.
     """
     base = os.path.join(modules_root, kver)
     deps = parse_modules_dep(_read(os.path.join(base, "modules.dep")))
@@ -71,6 +105,7 @@ def resolve_modules(kver: str, names: list[str], optional: list[str] | None = No
     softdeps = parse_softdeps(_read(os.path.join(base, "modules.softdep")))
     present = [module_name(n) for n in optional or () if module_name(n) in deps]
     result = []
+    required = set(load_order([module_name(n) for n in names], deps, builtin))
     wanted = [module_name(n) for n in names] + present
     for name in load_order(wanted, deps, builtin, softdeps):
         rel = deps[name][0]
@@ -78,7 +113,9 @@ def resolve_modules(kver: str, names: list[str], optional: list[str] | None = No
         for suffix in (".xz", ".gz", ".zst"):
             rel = rel.removesuffix(suffix)
         firmware = tuple(sorted({m.decode(errors="replace") for m in _FIRMWARE.findall(data)}))
-        result.append(ModuleFile(name, f"/lib/modules/{kver}/{rel}", data, firmware))
+        params = " ".join((options or {}).get(name, []))
+        result.append(ModuleFile(name, f"/lib/modules/{kver}/{rel}", data, firmware,
+                                 name in required, params))
     return result
 
 

@@ -36,7 +36,7 @@ def plan_in(files: dict[str, tuple[str, Entry]], path: str) -> Plan:
     """The boot plan among an image's files (ImageError when it has none)."""
     if PLAN_PATH not in files:
         raise ImageError(f"{path}: no initium plan inside; is it an initium image?")
-    return Plan.from_json(files[PLAN_PATH][1].data)
+    return Plan.from_bytes(files[PLAN_PATH][1].data)
 
 
 def image_plan(path: str) -> Plan:

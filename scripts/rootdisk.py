@@ -29,6 +29,7 @@ if [ -f /run/initium/timeline.json ]; then
   echo "INITIUM-TIMELINE $($B cat /run/initium/timeline.json)"
 fi
 echo "INITIUM-ENV $($B env | $B sort | $B tr '\n' ' ')"
+echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\t' '  ')"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
 $B sync
 $B poweroff -f
@@ -45,6 +46,12 @@ def populate(root: str) -> None:
     for d in ("bin", "sbin", "proc", "sys", "dev", "run", "etc", "tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(root, "bin/busybox"))
+    os.symlink("busybox", os.path.join(root, "bin/sh"))
+    # Executable but not a program: exec fails with ENOEXEC only after the
+    # initramfs has been freed (tests of the late failure path).
+    with open(os.path.join(root, "sbin/broken"), "wb") as f:
+        f.write(b"\x7fELF-not-really\n")
+    os.chmod(os.path.join(root, "sbin/broken"), 0o755)
     for name, text in (("sbin/init", ROOT_INIT), ("sbin/other", OTHER_INIT)):
         path = os.path.join(root, name)
         with open(path, "w") as f:

@@ -35,12 +35,27 @@ class MountRow:
 
 
 _NOSUID_NODEV_NOEXEC = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+# The tty group's number in Debian and every distribution systemd knows of;
+# devpts gives new ptys this group (systemd's mount-setup uses GID_TTY = 5).
+TTY_GID = 5
 
+# As systemd's mount-setup table (src/shared/mount-setup.c) has them, because
+# the real root's systemd finds them mounted and keeps them: /dev, /dev/shm
+# and /run with strictatime, and /run bounded (size=20%,nr_inodes=800k) so a
+# runaway writer cannot take half the RAM of the system that inherits it.
 EARLY_MOUNTS: tuple[MountRow, ...] = (
     MountRow("proc", "/proc", "proc", _NOSUID_NODEV_NOEXEC),
     MountRow("sysfs", "/sys", "sysfs", _NOSUID_NODEV_NOEXEC),
-    MountRow("devtmpfs", "/dev", "devtmpfs", linux.MS_NOSUID, "mode=0755"),
-    MountRow("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755"),
+    MountRow("devtmpfs", "/dev", "devtmpfs", linux.MS_NOSUID | linux.MS_STRICTATIME,
+             "mode=0755,size=4m"),
+    MountRow("tmpfs", "/dev/shm", "tmpfs",
+             linux.MS_NOSUID | linux.MS_NODEV | linux.MS_STRICTATIME,
+             "mode=1777,size=50%,nr_inodes=1m", fatal=False),
+    MountRow("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC,
+             f"mode=0620,gid={TTY_GID},ptmxmode=0666", fatal=False,
+             condition=lambda s: s.has_filesystem("devpts")),
+    MountRow("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_STRICTATIME,
+             "mode=0755,size=20%,nr_inodes=800k"),
     MountRow("securityfs", "/sys/kernel/security", "securityfs", _NOSUID_NODEV_NOEXEC,
              fatal=False, condition=lambda s: s.has_filesystem("securityfs")),
 )

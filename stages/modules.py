@@ -1,11 +1,43 @@
-"""Load the kernel modules the builder chose, in dependency order, by finit_module."""
+"""Load the kernel modules the builder chose, in dependency order, by finit_module.
+
+Parameters reach each module as libkmod and booster pass them: the build
+host's modprobe.d ``options`` (resolved at build, stored in the plan), then
+``MODULE.PARAM=VALUE`` words of the kernel command line, which win because
+the kernel keeps the last value of a parameter. Once a module is loaded the
+real root can no longer apply them.
+
+A module the image needs (named with --module or ``modules =``, or needed by
+one) that the kernel rejects stops the boot at once, naming the module and
+the errno: waiting 30 s for a disk whose driver did not load only hides the
+cause. The optional default set is best effort.
+"""
 
 from __future__ import annotations
 
 import errno
 
 from initium import ops
+from initium.kmod import cmdline_module_params
 from initium.stage import JSON, BootContext, Image, Stage, StageError
+
+# The module has no hardware to drive here: not a rejected module.
+_NO_HARDWARE = (errno.ENODEV, errno.ENXIO)
+_HINTS = {
+    errno.ENOEXEC: "the module is not for this kernel or is corrupt: rebuild the image for "
+                   "the running kernel",
+    errno.EKEYREJECTED: "its signature is not trusted by this kernel (module.sig_enforce or "
+                        "lockdown): use the distribution's signed modules",
+    errno.EKEYEXPIRED: "the key that signed it has expired",
+    errno.ENOKEY: "it is unsigned and this kernel requires signed modules",
+    errno.ENOENT: "a symbol it needs is missing (dmesg names it): a dependency is missing "
+                  "or from another kernel build",
+    errno.EINVAL: "a parameter or the module itself is invalid (dmesg says which)",
+    errno.EPERM: "module loading is disabled (kernel.modules_disabled or lockdown)",
+}
+
+
+def _errno_name(code: int | None) -> str:
+    return errno.errorcode.get(code or 0, str(code))
 
 
 class Modules(Stage):
@@ -22,21 +54,30 @@ class Modules(Stage):
             raise StageError(f"this image was built for kernel {ctx.plan.kver}, "
                              f"but {release} is running",
                              f"rebuild the image with: initium build --kver {release}")
+        from_cmdline = cmdline_module_params((p.raw_key, p.value) for p in ctx.cmdline)
         for item in ctx.data().get("modules", []):
             name, path = str(item["name"]), str(item["path"])
+            required = item.get("required", True) is not False
             if ctx.sys.exists(f"/sys/module/{name}"):
                 ctx.debug(f"{name} is already loaded")
                 continue
             if not ctx.sys.exists(path):
                 raise StageError(f"module {name} is missing: no {path} in the image",
                                  "rebuild the image; was it modified after the build?")
+            params = " ".join(filter(None, [str(item.get("params", "")),
+                                            *from_cmdline.get(name, [])]))
             try:
-                ctx.sys.apply(ops.LoadModule(name, path))
+                ctx.sys.apply(ops.LoadModule(name, path, params))
             except OSError as err:
                 if err.errno == errno.EEXIST:
                     continue
-                # A driver for absent hardware says ENODEV: that is not a failed boot.
-                ctx.warn(f"cannot load {name}: {err.strerror}, ignoring")
+                if required and err.errno not in _NO_HARDWARE:
+                    raise StageError(
+                        f"the kernel rejected module {name}: {_errno_name(err.errno)} "
+                        f"({err.strerror})" + (f" with parameters {params!r}" if params else ""),
+                        _HINTS.get(err.errno or 0, "dmesg says why")) from None
+                ctx.warn(f"cannot load {name}: {_errno_name(err.errno)} ({err.strerror}), "
+                         "ignoring" + ("" if required else " (optional)"))
                 continue
             ctx.state.loaded_modules.append(name)
         if ctx.state.loaded_modules:

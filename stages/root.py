@@ -1,4 +1,12 @@
-"""Find the device ``root=`` names, wait for it within bounds, and mount it."""
+"""Find the device ``root=`` names, wait for it within bounds, and mount it.
+
+A device whose probe finds a container (LUKS, an LVM2 or RAID member, swap,
+an external journal) is reported as that container with the option that
+would open it, never as a file system the kernel cannot mount.  A file
+system the probes do not know is mounted by trying the types the kernel
+lists in /proc/filesystems (minus ``nodev`` ones), as the kernel's own root
+mount does.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,7 @@ from initium.blockdev import BlockDevice, Scanner
 from initium.mounts import parse_mount_options
 from initium.options import BootOptions
 from initium.probe import printable
+from initium.record import replace
 from initium.rootspec import RootSpec, RootSpecError, parse_root_spec
 from initium.stage import BootContext, Stage, StageError
 
@@ -36,6 +45,34 @@ def wait_budget(options: BootOptions) -> float:
     return budget
 
 
+# What opens each container, in the words of dracut and systemd's options.
+_CONTAINERS = {
+    "crypto_LUKS": ("a LUKS volume", "add rd.luks.uuid={uuid} and point root= at the file "
+                                     "system inside it"),
+    "LVM2_member": ("an LVM2 physical volume", "add rd.lvm.vg=VG (or rd.lvm.lv=VG/LV) and "
+                                               "root=/dev/VG/LV"),
+    "linux_raid_member": ("an md RAID member", "add rd.md.uuid={uuid} and point root= at the "
+                                               "array's file system"),
+    "isw_raid_member": ("an Intel RAID (IMSM) member", "assemble the array with mdadm "
+                                                       "(rd.md.uuid=) and point root= at it"),
+    "ddf_raid_member": ("a DDF RAID member", "assemble the array with mdadm (rd.md.uuid=) and "
+                                             "point root= at it"),
+    "swap": ("a swap area", "point root= at a file system; swap cannot be the root"),
+    "jbd": ("an external ext journal", "point root= at the ext file system that uses it"),
+}
+
+
+def container_error(spec: RootSpec, device: BlockDevice) -> StageError | None:
+    """The error for a root= that names a container rather than a file system, if it does."""
+    if device.fs is None or device.usage == "filesystem":
+        return None
+    what, hint = _CONTAINERS.get(device.fs.fstype, (f"a {device.fs.fstype} container",
+                                                    "point root= at the file system inside"))
+    uuid = printable(device.fs.uuid) if device.fs.uuid else "UUID"
+    return StageError(f"root={spec} names {what} ({device.summary()}), not a file system",
+                      hint.format(uuid=uuid))
+
+
 def _hint(spec: RootSpec, seen: list[BlockDevice]) -> str:
     if not seen:
         return ("no block devices at all: is the disk driver in the image "
@@ -59,6 +96,9 @@ class Root(Stage):
         except RootSpecError as err:
             raise StageError(str(err), "fix root= on the kernel command line") from None
         device = self._wait(ctx, spec)
+        container = container_error(spec, device)
+        if container is not None:
+            raise container
         ctx.state.root_device = device.path
         self._mount(ctx, device)
 
@@ -70,7 +110,7 @@ class Root(Stage):
         while True:
             seen = scanner.scan()
             for device in seen:
-                if device.matches(spec):
+                if device.matches(spec, seen):
                     ctx.log(f"found {spec}: {device.summary()}")
                     return device
             waited = ctx.sys.monotonic() - start
@@ -86,23 +126,28 @@ class Root(Stage):
 
     def _mount(self, ctx: BootContext, device: BlockDevice) -> None:
         fstype = ctx.options.rootfstype or (device.fs.fstype if device.fs else None)
-        if fstype is None:
-            why = f" ({printable(device.error)})" if device.error else ""
-            raise StageError(f"{device.path}: no file system recognised{why}",
-                             "give rootfstype= if the file system is one initium cannot probe")
+        if fstype is None and device.error:
+            raise StageError(f"{device.path}: no file system recognised "
+                             f"({printable(device.error)})",
+                             "give rootfstype= if the file system is one initium cannot probe; "
+                             "the kernel log (dmesg) may say more")
         rw = ctx.options.root_rw is True
         opts = parse_mount_options(ctx.options.rootflags or "",
                                    0 if rw else linux.MS_RDONLY)
         flags = opts.flags & ~linux.MS_RDONLY if rw else opts.flags | linux.MS_RDONLY
-        if not self._kernel_knows(ctx, fstype):
+        if fstype is not None and not self._kernel_knows(ctx, fstype):
             raise StageError(f"the kernel has no {fstype} driver",
                              f"add it to the image: initium build --module "
                              f"{_FS_MODULES.get(fstype, (fstype,))[0]}")
         target = ctx.state.new_root
         if not ctx.sys.exists(target):
             ctx.sys.apply(ops.MakeDir(target))
-        mount = ops.Mount(device.path, target, fstype, flags, opts.data,
-                          parse_mount_options("", flags).names)
+        names = parse_mount_options("", flags).names
+        if fstype is None:
+            template = ops.Mount(device.path, target, "", flags, opts.data, names)
+            ctx.state.root_fstype = self._mount_any(ctx, template)
+            return
+        mount = ops.Mount(device.path, target, fstype, flags, opts.data, names)
         try:
             ctx.sys.apply(mount)
         except OSError as err:
@@ -111,7 +156,44 @@ class Root(Stage):
                              "says more") from None
         ctx.state.root_fstype = fstype
 
+    def _mount_any(self, ctx: BootContext, template: ops.Mount) -> str:
+        """Try each block file system the kernel knows, in its order, as its root mount does."""
+        device = template.source
+        candidates = block_filesystems(ctx)
+        if not candidates:
+            raise StageError(f"{device}: no file system recognised, and the kernel lists "
+                             "no block file system to try",
+                             "give rootfstype=, and add its module to the image")
+        ctx.log(f"{device}: no file system recognised; trying {', '.join(candidates)}")
+        failures = []
+        for fstype in candidates:
+            try:
+                ctx.sys.apply(replace(template, fstype=fstype))
+            except OSError as err:
+                failures.append(f"{fstype}: {err.strerror}")
+                continue
+            return fstype
+        raise StageError(f"{device}: no file system recognised, and none of the kernel's "
+                         f"would mount it ({'; '.join(failures)})",
+                         "give rootfstype= and add its module to the image "
+                         "(initium build --module NAME)")
+
     def _kernel_knows(self, ctx: BootContext, fstype: str) -> bool:
+        """Whether the kernel has ``fstype`` now or a module loaded for it provides it."""
         providers = _FS_MODULES.get(fstype, (fstype,))
         return ctx.sys.has_filesystem(fstype) or any(
             m in ctx.state.loaded_modules for m in providers)
+
+
+def block_filesystems(ctx: BootContext) -> list[str]:
+    """/proc/filesystems minus the ``nodev`` ones, in the kernel's order."""
+    try:
+        text = ctx.sys.read_text("/proc/filesystems")
+    except OSError:
+        return []
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 1:
+            found.append(words[0])
+    return found

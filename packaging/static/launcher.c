@@ -131,11 +131,13 @@ describe_exception(char *out, size_t size)
     PyErr_Print();
 }
 
+/* boot(started, init_args): the clock after start-up, and what the kernel
+ * passed /init beyond its name (unknown boot options without '='). */
 static _Noreturn void
-boot(double started)
+boot(double started, int argc, char **argv)
 {
     char reason[768];
-    PyObject *module, *func, *result, *arg;
+    PyObject *module, *func, *result, *clock, *args;
 
     module = PyImport_ImportModule("initium.boot");
     if (module == NULL) {
@@ -143,8 +145,16 @@ boot(double started)
         emergency("cannot import the init", reason);
     }
     func = PyObject_GetAttrString(module, "boot");
-    arg = PyFloat_FromDouble(started);
-    result = (func && arg) ? PyObject_CallOneArg(func, arg) : NULL;
+    clock = PyFloat_FromDouble(started);
+    args = PyList_New(0);
+    for (int i = 1; args != NULL && i < argc; i++) {
+        PyObject *word = PyUnicode_DecodeFSDefault(argv[i]);
+        if (word == NULL || PyList_Append(args, word) < 0)
+            Py_CLEAR(args);
+        Py_XDECREF(word);
+    }
+    result = (func && clock && args) ? PyObject_CallFunctionObjArgs(func, clock, args, NULL)
+                                     : NULL;
     if (result == NULL) {
         describe_exception(reason, sizeof reason);
         emergency("the init failed before its handler", reason);
@@ -252,5 +262,5 @@ main(int argc, char **argv)
     if (!is_pid1)
         return Py_RunMain();
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    boot((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+    boot((double)ts.tv_sec + (double)ts.tv_nsec / 1e9, argc, argv);
 }

@@ -77,7 +77,7 @@ def test_image_layout_and_launcher(built: str, kver: str) -> None:
     assert init.startswith("#!/usr/bin/env -S ") and len(init.splitlines()[0]) <= 255
     assert "PYTHONHASHSEED=0" in init, "the hash seed must not wait for the kernel RNG"
     assert "/etc/initrd-release" in files
-    plan = Plan.from_json(files[PLAN_PATH].data)
+    plan = Plan.from_bytes(files[PLAN_PATH].data)
     assert plan.kver == kver and not plan.has_shell
     modules = plan.stage_data("modules")["modules"]
     assert [m["name"] for m in modules].index("virtio_blk") > 0
@@ -92,6 +92,8 @@ def test_frozen_stdlib_is_only_what_the_init_imports(built: str) -> None:
     [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
     names = set(zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist())
     assert "initium/boot.pyc" in names and "initium/stages/root.pyc" in names
+    # Sub-packages of the core are frozen too (the probes: one module per format).
+    assert {"initium/probe/__init__.pyc", "initium/probe/raid.pyc"} <= names
     assert all(n.endswith(".pyc") for n in names), "the zip must be sourceless"
     # The builder and heavy stdlib modules stay out of the init.
     for absent in ("initium/cli.pyc", "initium/packaging/image.pyc", "dataclasses.pyc",
@@ -105,7 +107,7 @@ def test_shell_image_has_busybox(kver: str, tmp_path: Path) -> None:
     files = _files(build(str(tmp_path / "s.img"), kver, "--shell"))
     assert stat.S_ISREG(files["/usr/bin/busybox"].mode)
     assert files["/usr/bin/sh"].data == b"busybox"
-    assert Plan.from_json(files[PLAN_PATH].data).has_shell
+    assert Plan.from_bytes(files[PLAN_PATH].data).has_shell
 
 
 def test_gnu_cpio_lists_the_core(built: str, tmp_path: Path) -> None:
@@ -130,7 +132,7 @@ def test_config_file_and_flag_override(kver: str, tmp_path: Path) -> None:
     out = build(str(tmp_path / "c.img"), kver, "--config", str(conf), "--compress", "none")
     manifest = json.loads(Path(out + ".manifest.json").read_text())
     assert {c["compression"] for c in manifest["components"]} == {"none"}
-    plan = Plan.from_json(_files(out)[PLAN_PATH].data)
+    plan = Plan.from_bytes(_files(out)[PLAN_PATH].data)
     names = [m["name"] for m in plan.stage_data("modules")["modules"]]
     assert "virtio_blk" in names and "virtio_scsi" not in names
 
@@ -184,7 +186,7 @@ def test_a_third_party_stage_is_ordered_frozen_and_planned(
     conf = tmp_path / "initium.toml"
     conf.write_text('stages = ["hello_initium:Hello"]\nmodules = ["virtio_blk"]\n')
     files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
-    plan = Plan.from_json(files[PLAN_PATH].data)
+    plan = Plan.from_bytes(files[PLAN_PATH].data)
     assert plan.names == ["early-mounts", "console", "hello", "modules", "root", "switch-root"]
     assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
     [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]

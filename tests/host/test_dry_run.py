@@ -31,7 +31,7 @@ def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = Non
     plan = Plan(kver, tuple(entries))
     path = tmp_path / "plan-only.img"
     path.write_bytes(write_archive([Entry(PLAN_PATH.lstrip("/"), stat.S_IFREG | 0o644,
-                                          plan.to_json())]))
+                                          plan.to_bytes())]))
     return str(path)
 
 
@@ -91,7 +91,7 @@ def test_kernel_mismatch_and_unknown_break(tmp_path: Path,
     image = _image(tmp_path, "0.0.0-not-this-kernel")
     code, out = _dry_run(capsys, "--image", image, "--cmdline", "root=/dev/vda rd.break=nope")
     assert code == 1
-    assert "problem: rd.break=nope: no such stage in this image" in out
+    assert "problem: rd.break=nope: no such stage or dracut hook in this image" in out
     assert "this image was built for kernel 0.0.0-not-this-kernel" in out
     assert "--kver " + os.uname().release in out
 

@@ -121,18 +121,19 @@ def _as_pid1(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_pid1_fixes_the_seed_and_never_parses_its_arguments(
         tmp_path: Path, interpreter: sp.StaticPython, init_bytes: bytes) -> None:
     boot = ("import os, sys\n"
-            "def boot(t):\n"
+            "def boot(t, args):\n"
             "    print(repr([os.getpid(), sys.flags.hash_randomization, hash('initium'),"
-            " sys.argv, isinstance(t, float)]), flush=True)\n"
+            " sys.argv, args, isinstance(t, float)]), flush=True)\n"
             "    os._exit(0)\n")
     _install(tmp_path / "root", _with_boot_module(init_bytes, boot))
     done = _as_pid1(tmp_path / "root", "-c", "raise SystemExit(3)", "quiet")
     assert done.returncode == 0, done.stderr
-    pid, randomized, value, argv, has_clock = ast.literal_eval(done.stdout)
+    pid, randomized, value, argv, args, has_clock = ast.literal_eval(done.stdout)
     with sp.trace_interpreter(interpreter) as trace:
         seeded = int(_run([trace, "--hash-seed=0", "-c", "print(hash('initium'))"]).stdout)
     assert (pid, randomized, value, has_clock) == (1, 0, seeded, True)
     assert argv == ["/init", "-c", "raise SystemExit(3)", "quiet"]
+    assert args == ["-c", "raise SystemExit(3)", "quiet"]
 
 
 def test_pid1_failure_before_the_handler_halts_with_a_message(
@@ -152,7 +153,7 @@ def test_pid1_failure_before_the_handler_halts_with_a_message(
 
 def test_the_emergency_action_is_patched_in(tmp_path: Path, init_bytes: bytes) -> None:
     root = tmp_path / "root"
-    elf = _with_boot_module(init_bytes, "def boot(t):\n    return None\n")
+    elf = _with_boot_module(init_bytes, "def boot(t, args):\n    return None\n")
     _install(root, sp.set_emergency(elf, "reboot"))
     (root / "dev").mkdir()
     (root / "dev" / "console").write_text("")

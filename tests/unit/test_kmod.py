@@ -202,3 +202,26 @@ def test_real_modules_dep_of_an_installed_kernel() -> None:
         for needed in dep[name][1]:
             if needed not in builtin:
                 assert order.index(needed) < order.index(name)
+
+
+def test_modprobe_options_as_libkmod_reads_them() -> None:
+    from initium.kmod import parse_modprobe_options
+
+    text = ("# comment\noptions nvme-core default_ps_max_latency_us=0\n"
+            "options snd_hda_intel power_save=1 \\\n  model=auto\n"
+            "blacklist pcspkr\noptions lonely\nalias foo bar\n"
+            "options nvme_core other=2\n")
+    assert parse_modprobe_options(text) == {
+        "nvme_core": ["default_ps_max_latency_us=0", "other=2"],
+        "snd_hda_intel": ["power_save=1", "model=auto"]}
+
+
+def test_cmdline_module_params() -> None:
+    from initium.kmod import cmdline_module_params
+
+    words = [("libata.force", "1:noncq"), ("nvme-core.default_ps_max_latency_us", "0"),
+             ("rd.luks.uuid", "x"), ("root", "/dev/vda"), ("mod.flag", None),
+             (".x", "1"), ("mod.", "1"), ("m.label", "a b")]
+    assert cmdline_module_params(words) == {
+        "libata": ["force=1:noncq"], "nvme_core": ["default_ps_max_latency_us=0"],
+        "rd": ["luks.uuid=x"], "mod": ["flag"], "m": ['label="a b"']}

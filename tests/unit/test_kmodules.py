@@ -63,3 +63,24 @@ def test_optional_modules_the_kernel_lacks_are_skipped(tmp_path: Path) -> None:
 def test_a_kernel_without_modules_dep_is_named(tmp_path: Path) -> None:
     with pytest.raises(ModuleError, match=f"no modules.dep for kernel {KVER}"):
         resolve_modules(KVER, ["blk"], modules_root=str(tmp_path))
+
+
+def test_required_and_optional_are_kept_apart_with_their_options(tmp_path: Path) -> None:
+    root = _tree(tmp_path)
+    files = resolve_modules(KVER, ["core"], ["blk"], modules_root=str(root),
+                            options={"blk": ["queue_depth=64"], "ring": ["x=1", "y=2"]})
+    assert [(m.name, m.required, m.params) for m in files] == [
+        ("ring", True, "x=1 y=2"), ("core", True, ""), ("blk", False, "queue_depth=64")]
+
+
+def test_modprobe_d_merged_by_file_name_etc_first(tmp_path: Path) -> None:
+    from initium.packaging.kmodules import modprobe_options
+
+    etc, lib = tmp_path / "etc", tmp_path / "lib"
+    etc.mkdir()
+    lib.mkdir()
+    (lib / "a.conf").write_text("options blk from_lib_a=1\n")
+    (lib / "b.conf").write_text("options blk shadowed=1\n")
+    (etc / "b.conf").write_text("options blk from_etc_b=1\n")
+    (etc / "c.txt").write_text("options blk not_a_conf=1\n")
+    assert modprobe_options((str(etc), str(lib))) == {"blk": ["from_lib_a=1", "from_etc_b=1"]}

@@ -68,7 +68,7 @@ def test_not_plain_device_paths(text: str) -> None:
 
 @pytest.mark.parametrize("text", ["vda", "sda1", "/dev/", "/dev", "/etc/passwd", "uuid=abc",
                                   "label=root", "ID=1", "",
-                                  "08:01", "PARTNROFF=1"])
+                                  "8:", ":1", "4096:0", "0:1048576", "PARTNROFF=1"])
 def test_unknown_forms(text: str) -> None:
     with pytest.raises(RootSpecError) as info:
         parse_root_spec(text)
@@ -116,3 +116,30 @@ def test_names_only_udev_or_dm_create_fail_at_once(text: str, why: str) -> None:
     message = str(info.value)
     assert message.startswith(f"root={text}: ") and why in message
     assert message.endswith("use UUID=, LABEL=, PARTUUID= or PARTLABEL= instead")
+
+
+@pytest.mark.parametrize(("text", "devno"), [
+    ("8:1", (8, 1)), ("08:01", (8, 1)), ("259:0", (259, 0)), ("801", (8, 1)),
+    ("0x801", (8, 1)), ("fe00", (254, 0)),
+])
+def test_major_minor_as_the_kernel_reads_them(text: str, devno: tuple[int, int]) -> None:
+    spec = parse_root_spec(text)
+    assert (spec.kind, spec.devno) == ("devno", devno)
+    assert str(spec) == f"{devno[0]}:{devno[1]}"
+
+
+def test_new_decode_dev_of_a_large_minor() -> None:
+    # new_encode_dev(MKDEV(259, 0x12345)) = (0x45) | (259 << 8) | ((0x12345 & ~0xff) << 12)
+    encoded = 0x45 | (259 << 8) | ((0x12345 & ~0xFF) << 12)
+    assert parse_root_spec(f"{encoded:x}").devno == (259, 0x12345)
+
+
+def test_partuuid_with_partnroff() -> None:
+    spec = parse_root_spec("PARTUUID=0c7d2a9e-51f4-4e3b-8a6d-93b1c0e4f2a8/PARTNROFF=2")
+    assert (spec.kind, spec.value, spec.partnroff) == (
+        "partuuid", "0c7d2a9e-51f4-4e3b-8a6d-93b1c0e4f2a8", 2)
+    assert str(spec) == "PARTUUID=0c7d2a9e-51f4-4e3b-8a6d-93b1c0e4f2a8/PARTNROFF=2"
+    for bad in ("PARTUUID=x/PARTNROFF=", "PARTUUID=x/PARTNROFF=-1", "PARTUUID=/PARTNROFF=1",
+                "PARTUUID=x/PARTNROFF=99999999"):
+        with pytest.raises(RootSpecError):
+            parse_root_spec(bad)

@@ -35,6 +35,8 @@ from initium.stages.switch_root import (
     resolve_in_root,
 )
 
+from tests.unit.disk_images import build_gpt, md1_superblock
+
 KVER = "6.1.0-test"
 NOSUID_NODEV_NOEXEC = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
 
@@ -62,7 +64,7 @@ class Machine:
 # early-mounts
 
 FILESYSTEMS = (b"nodev\tsysfs\nnodev\ttmpfs\nnodev\tproc\nnodev\tdevtmpfs\n"
-               b"nodev\tsecurityfs\n\text4\n")
+               b"nodev\tsecurityfs\nnodev\tdevpts\n\text4\n")
 
 
 def early(files: Mapping[str, bytes], mounted: list[tuple[str, str, str]] | None = None,
@@ -81,14 +83,22 @@ def test_early_mounts_in_order() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"quiet\n"})
     assert [(op.source, op.target, op.fstype) for op in mount_ops(m)] == [
         ("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"),
+        ("tmpfs", "/dev/shm", "tmpfs"), ("devpts", "/dev/pts", "devpts"),
         ("tmpfs", "/run", "tmpfs"), ("securityfs", "/sys/kernel/security", "securityfs")]
     by_target = {op.target: op for op in mount_ops(m)}
     assert by_target["/proc"].flags == NOSUID_NODEV_NOEXEC
     assert by_target["/sys"].flags == NOSUID_NODEV_NOEXEC
-    assert by_target["/dev"].flags == linux.MS_NOSUID
-    assert by_target["/dev"].data == "mode=0755"
-    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV
-    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev")
+    # systemd's mount-setup table: strictatime on /dev, /dev/shm and /run,
+    # /run bounded in size and inodes, devpts with the tty group.
+    assert by_target["/dev"].flags == linux.MS_NOSUID | linux.MS_STRICTATIME
+    assert by_target["/dev"].data == "mode=0755,size=4m"
+    assert by_target["/dev/shm"].flags == (linux.MS_NOSUID | linux.MS_NODEV
+                                           | linux.MS_STRICTATIME)
+    assert by_target["/dev/pts"].flags == linux.MS_NOSUID | linux.MS_NOEXEC
+    assert by_target["/dev/pts"].data == "mode=0620,gid=5,ptmxmode=0666"
+    assert by_target["/run"].flags == linux.MS_NOSUID | linux.MS_NODEV | linux.MS_STRICTATIME
+    assert by_target["/run"].data == "mode=0755,size=20%,nr_inodes=800k"
+    assert by_target["/run"].flag_names == ("rw", "nosuid", "nodev", "strictatime")
 
 
 def test_early_mounts_make_missing_mount_points_first() -> None:
@@ -97,13 +107,15 @@ def test_early_mounts_make_missing_mount_points_first() -> None:
            for op in m.sys.applied]
     # /proc exists (it has a file below it); the others are created just before their mount
     assert seq == [("Mount", "/proc"), ("MakeDir", "/sys"), ("Mount", "/sys"),
-                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/run"), ("Mount", "/run")]
+                   ("MakeDir", "/dev"), ("Mount", "/dev"), ("MakeDir", "/dev/shm"),
+                   ("Mount", "/dev/shm"), ("MakeDir", "/run"), ("Mount", "/run")]
 
 
 def test_early_mounts_skip_securityfs_when_the_kernel_lacks_it() -> None:
     without = FILESYSTEMS.replace(b"nodev\tsecurityfs\n", b"")
     m = early({"/proc/filesystems": without})
-    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/run"]
+    assert [op.target for op in mount_ops(m)] == ["/proc", "/sys", "/dev", "/dev/shm",
+                                                  "/dev/pts", "/run"]
 
 
 def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
@@ -114,7 +126,8 @@ def test_early_mounts_skip_securityfs_without_proc_filesystems() -> None:
 def test_early_mounts_skip_rows_already_mounted() -> None:
     m = early({"/proc/filesystems": FILESYSTEMS, "/proc/cmdline": b"root=/dev/vda\n"},
               mounted=[("proc", "/proc", "proc"), ("devtmpfs", "/dev", "devtmpfs")])
-    assert [op.target for op in mount_ops(m)] == ["/sys", "/run", "/sys/kernel/security"]
+    assert [op.target for op in mount_ops(m)] == ["/sys", "/dev/shm", "/dev/pts", "/run",
+                                                  "/sys/kernel/security"]
     # the command line is read even when /proc was already there
     assert m.ctx.cmdline_loaded
     assert m.ctx.options.root == "/dev/vda"
@@ -177,7 +190,7 @@ MODULES = [{"name": "virtio_ring", "path": f"{MODULE_DIR}/drivers/virtio/virtio_
            {"name": "virtio_blk", "path": f"{MODULE_DIR}/drivers/block/virtio_blk.ko"}]
 
 
-def modules_machine(sys: MemorySystem, modules: list[dict[str, str]] | None = None) -> Machine:
+def modules_machine(sys: MemorySystem, modules: list[dict[str, Any]] | None = None) -> Machine:
     data: dict[str, Any] = {"modules": MODULES if modules is None else modules}
     plan = Plan(KVER, (StageEntry("modules", "initium.stages.modules:Modules", data),))
     for item in data["modules"]:
@@ -239,8 +252,47 @@ def test_modules_load_errors() -> None:
     Modules().run(m.ctx)
     assert loaded(m) == ["virtio_ring", "virtio", "virtio_blk"]
     assert m.ctx.state.loaded_modules == ["virtio_blk"]
-    assert "cannot load virtio: No such device, ignoring" in m.text
+    assert "cannot load virtio: ENODEV (No such device), ignoring" in m.text
     assert "virtio_ring" not in m.text.replace("loaded virtio_blk", "")
+
+
+@pytest.mark.parametrize(("code", "hint"), [
+    (errno.ENOEXEC, "not for this kernel"),
+    (errno.EKEYREJECTED, "signature is not trusted"),
+    (errno.ENOENT, "a symbol it needs is missing"),
+])
+def test_a_required_module_the_kernel_rejects_stops_at_once(code: int, hint: str) -> None:
+    """Not a warning and a 30 s wait for a disk that cannot appear."""
+    sys = MemorySystem(release=KVER, module_errors={"virtio": code})
+    m = modules_machine(sys)
+    with pytest.raises(StageError) as info:
+        Modules().run(m.ctx)
+    assert info.value.cause.startswith(
+        f"the kernel rejected module virtio: {errno.errorcode[code]} (")
+    assert hint in info.value.hint
+    assert [name for name, _ in sys.loaded] == ["virtio_ring"]
+
+
+def test_an_optional_module_the_kernel_rejects_is_a_warning() -> None:
+    optional = [{**item, "required": False} for item in MODULES]
+    sys = MemorySystem(release=KVER, module_errors={"virtio": errno.ENOEXEC})
+    m = modules_machine(sys, optional)
+    Modules().run(m.ctx)
+    assert [name for name, _ in sys.loaded] == ["virtio_ring", "virtio_blk"]
+    assert "cannot load virtio: ENOEXEC (Exec format error), ignoring (optional)" in m.text
+
+
+def test_module_parameters_from_modprobe_d_then_the_command_line() -> None:
+    with_params = [MODULES[0], MODULES[1], {**MODULES[2], "params": "queue_depth=64 x=1"}]
+    sys = MemorySystem(release=KVER)
+    m = modules_machine(sys, with_params)
+    m.ctx.set_cmdline(parse('virtio-blk.queue_depth=128 virtio_ring.flag nvme_core.a=1 '
+                            'virtio.label="a b" root=/dev/vda'))
+    Modules().run(m.ctx)
+    assert sys.loaded == [("virtio_ring", "flag"), ("virtio", 'label="a b"'),
+                          ("virtio_blk", "queue_depth=64 x=1 queue_depth=128")]
+    assert "load module virtio_blk from" in ops.LoadModule(
+        "virtio_blk", "/x", "queue_depth=128").describe()
 
 
 def test_modules_none_planned() -> None:
@@ -703,11 +755,137 @@ def test_root_bad_spec() -> None:
 
 
 def test_root_empty_disk_has_no_file_system() -> None:
-    m = root_machine("root=/dev/vda rd.timeout=0.2", {"vda": bytes(8192)})
+    """Nothing recognised: the kernel's block file systems are tried in turn, as it does."""
+    def refuse(sys: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, ops.Mount):
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    m = root_machine("root=/dev/vda rd.timeout=0.2", {"vda": bytes(8192)},
+                     filesystems=b"nodev\tproc\n\text4\nnodev\ttmpfs\n\tvfat\n")
+    m.sys.on_apply = refuse
     with pytest.raises(StageError) as info:
         Root().run(m.ctx)
-    assert info.value.cause == "/dev/vda: no file system recognised"
+    assert info.value.cause == ("/dev/vda: no file system recognised, and none of the kernel's "
+                                "would mount it (ext4: Invalid argument; vfat: Invalid argument)")
     assert "rootfstype=" in info.value.hint
+
+
+def test_an_unknown_file_system_is_mounted_by_the_first_type_that_takes_it() -> None:
+    tried: list[str] = []
+
+    def only_f2fs(sys: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, ops.Mount):
+            tried.append(op.fstype)
+            if op.fstype != "f2fs":
+                raise OSError(errno.EINVAL, "Invalid argument")
+
+    m = root_machine("root=/dev/vda", {"vda": bytes(8192)},
+                     filesystems=b"nodev\tproc\n\text4\n\tf2fs\n\tvfat\n")
+    m.sys.on_apply = only_f2fs
+    Root().run(m.ctx)
+    assert tried == ["ext4", "f2fs"]
+    assert m.ctx.state.root_fstype == "f2fs"
+    assert ("/dev/vda", "/sysroot", "f2fs") in m.sys.mounted
+
+
+def md_member(inner: bytes, array_uuid: str) -> bytes:
+    """One half of a RAID1 with metadata 1.0 at the end: the ext4 inside starts at 0."""
+    size = max(len(inner), 4 << 20) + (1 << 20)
+    data = bytearray(size)
+    data[: len(inner)] = inner
+    offset = (size & ~0xFFF) - 0x2000
+    data[offset : offset + 260] = md1_superblock(offset, array_uuid, b"h:0")
+    return bytes(data)
+
+
+ARRAY_UUID = "7b0e5a2c-1d3f-4e5a-8b6c-9d0e1f2a3b4c"
+
+
+def test_a_raw_half_of_a_mirror_never_answers_for_the_file_system(
+        images: dict[str, bytes]) -> None:
+    m = root_machine(f"root=UUID={ROOT_UUID} rd.timeout=1", {
+        "vda": md_member(images["root"], ARRAY_UUID)})
+    with pytest.raises(StageError) as info:
+        Root().run(m.ctx)
+    assert info.value.cause.startswith(f"no block device with UUID={ROOT_UUID} after 1.0 s; "
+                                       f"seen: vda (linux_raid_member UUID={ARRAY_UUID}")
+    assert not m.sys.mounted
+
+
+@pytest.mark.parametrize(("fstype", "what", "hint"), [
+    ("linux_raid_member", "an md RAID member", f"add rd.md.uuid={ARRAY_UUID}"),
+])
+def test_root_naming_a_container_says_what_would_open_it(
+        images: dict[str, bytes], fstype: str, what: str, hint: str) -> None:
+    m = root_machine(f"root=UUID={ARRAY_UUID}", {"vda": md_member(images["root"], ARRAY_UUID)})
+    with pytest.raises(StageError) as info:
+        Root().run(m.ctx)
+    assert info.value.cause.startswith(f"root=UUID={ARRAY_UUID} names {what} (vda ({fstype} ")
+    assert info.value.cause.endswith("not a file system")
+    assert hint in info.value.hint
+    assert "driver" not in info.value.cause + info.value.hint
+    assert not m.sys.mounted
+
+
+def test_container_messages_for_every_container_type() -> None:
+    from initium.blockdev import BlockDevice
+    from initium.probe import FsInfo
+    from initium.stages.root import container_error
+
+    spec = parse_root_spec("UUID=abc")
+    expected = {"crypto_LUKS": "rd.luks.uuid=abc", "LVM2_member": "rd.lvm.vg=",
+                "isw_raid_member": "rd.md.uuid=", "ddf_raid_member": "rd.md.uuid=",
+                "swap": "swap cannot be the root", "jbd": "ext file system that uses it"}
+    for fstype, hint in expected.items():
+        err = container_error(spec, BlockDevice("vdb", "/dev/vdb", FsInfo(fstype, "abc", None)))
+        assert err is not None and hint in err.hint, fstype
+    assert container_error(spec, BlockDevice("vdb", "/dev/vdb", FsInfo("ext4", "abc", None))) \
+        is None
+
+
+@pytest.mark.parametrize("spec", ["254:16", "fe10", "0xfe10"])
+def test_root_by_major_minor(images: dict[str, bytes], spec: str) -> None:
+    # root_machine gives the n-th disk (sorted by name) minor n*16: vdb is 254:16.
+    m = root_machine(f"root={spec}", {"vda": images["other"], "vdb": images["root"]})
+    Root().run(m.ctx)
+    assert m.ctx.state.root_device == "/dev/vdb"
+
+
+LINUX_FS = "0fc63daf-8483-4772-8e79-3d69d8477de4"
+
+
+def gpt_disk(parts: list[tuple[str, bytes]], ss: int = 512) -> tuple[bytes, list[int]]:
+    """A GPT disk holding ``parts`` (PARTUUID, contents); their start offsets in bytes."""
+    lba = 2048
+    rows: list[tuple[int, int, str, str, str]] = []
+    starts: list[int] = []
+    for puuid, body in parts:
+        sectors = -(-len(body) // ss)
+        rows.append((lba, lba + sectors - 1, LINUX_FS, puuid, f"p{len(rows) + 1}"))
+        starts.append(lba * ss)
+        lba += sectors
+    image = build_gpt(ss, lba + 64, "8a0f4f8e-7a55-4b4f-9d4e-2a7c1b3e5f60", rows)
+    for start, (_, body) in zip(starts, parts, strict=True):
+        image[start : start + len(body)] = body
+    return bytes(image), starts
+
+
+def test_root_by_partuuid_with_partnroff(images: dict[str, bytes]) -> None:
+    first, second = "11111111-2222-4333-8444-555555555555", "66666666-7777-4888-9999-aaaaaaaaaaaa"
+    image, starts = gpt_disk([(first, images["other"]), (second, images["root"])])
+    files = {"/proc/filesystems": FILESYSTEMS, **disk("vda", image, 0)}
+    for number, (start, (_, body)) in enumerate(zip(starts, [(first, images["other"]),
+                                                             (second, images["root"])],
+                                                    strict=True), 1):
+        sysdir = f"/sys/block/vda/vda{number}"
+        files[f"{sysdir}/partition"] = f"{number}\n".encode()
+        files[f"{sysdir}/size"] = f"{len(body) // 512}\n".encode()
+        files[f"{sysdir}/dev"] = f"254:{number}\n".encode()
+        files[f"/dev/vda{number}"] = image[start : start + len(body)]
+    m = Machine(CountedSleep(files=files), cmdline=f"root=PARTUUID={first}/PARTNROFF=1")
+    m.ctx.stage = "root"
+    Root().run(m.ctx)
+    assert m.ctx.state.root_device == "/dev/vda2"
 
 
 def test_root_path_matches_an_unreadable_device(images: dict[str, bytes]) -> None:
@@ -917,3 +1095,21 @@ def test_switch_root_is_not_retried_after_change_root() -> None:
                 if isinstance(op, ops.MoveMount | ops.RemoveInitramfs | ops.ChangeRoot)]
     assert [type(op) for op in after] == [ops.Exec, ops.Spawn, ops.MakeDir,
                                           ops.WriteFile, ops.PowerOff]
+
+
+@pytest.mark.parametrize("ss", [512, 4096])
+def test_partitions_of_a_disk_with_its_logical_block_size(images: dict[str, bytes],
+                                                          ss: int) -> None:
+    """The table's LBAs are in the disk's logical blocks: 4K disks are read in 4K units."""
+    puuid = "11111111-2222-4333-8444-555555555555"
+    image, (start,) = gpt_disk([(puuid, images["root"])], ss)
+    files = {"/proc/filesystems": FILESYSTEMS, **disk("vda", image, 0),
+             "/sys/block/vda/queue/logical_block_size": f"{ss}\n".encode(),
+             "/sys/block/vda/vda1/partition": b"1\n",
+             "/sys/block/vda/vda1/size": f"{len(images['root']) // 512}\n".encode(),
+             "/sys/block/vda/vda1/dev": b"254:1\n",
+             "/dev/vda1": image[start : start + len(images["root"])]}
+    m = Machine(CountedSleep(files=files), cmdline=f"root=PARTUUID={puuid} rd.timeout=1")
+    m.ctx.stage = "root"
+    Root().run(m.ctx)
+    assert m.ctx.state.root_device == "/dev/vda1"
