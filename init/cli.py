@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima signature made with this key")
     build.add_argument("--kernel-xattr-list", action="store_true", default=None,
                        help="also write .xattr-list for kernels with the in-kernel xattr patch")
+    build.add_argument("--interpreter", choices=("host", "static"),
+                       help="host: this host's Python and its libraries; static: one static "
+                            "ELF built from CPython's source and cached (default: host)")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -115,6 +118,8 @@ def _build(args: argparse.Namespace) -> int:
             overrides[flag] = True
     if args.ima_sign_key:
         overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
+    if args.interpreter:
+        overrides["interpreter_kind"] = args.interpreter
     config = replace(config, **overrides)
     kver = config.kver or default_kver()
     epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
@@ -157,7 +162,17 @@ def _inspect(args: argparse.Namespace) -> int:
         print(f"stages: {' → '.join(plan.names)}")
     else:
         print("no initium plan in this image")
+    _print_interpreter({path: entry.data for path, (_, entry) in files.items()
+                        if stat.S_ISREG(entry.mode)})
     return 0
+
+
+def _print_interpreter(files: dict[str, bytes]) -> None:
+    from initium.packaging.interpreter import describe_interpreter
+
+    kind, size, modules = describe_interpreter(files)
+    print(f"interpreter: {kind}, {size} bytes, {len(modules)} frozen modules")
+    print(f"frozen: {' '.join(modules)}")
 
 
 def _dry_run(args: argparse.Namespace) -> int:

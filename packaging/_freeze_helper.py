@@ -35,14 +35,17 @@ def main() -> None:
             continue  # builtin or frozen: part of the interpreter binary
         if origin.endswith(".py"):
             arcname = name.replace(".", "/") + ("/__init__.pyc" if is_package else ".pyc")
-            sources.append((arcname, origin))
+            sources.append((arcname, name))
         elif origin.endswith(".so"):
             extensions.append(origin)
     header = importlib.util.MAGIC_NUMBER + bytes(12)  # flags 0, mtime 0, size 0: reproducible
     with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as archive:
-        for arcname, origin in sources:
-            with open(origin, "rb") as f:
-                code = compile(f.read(), arcname[:-1], "exec", dont_inherit=True)
+        for arcname, name in sources:
+            # The loader reads the source wherever it lives: a directory, or
+            # the zip appended to the static trace interpreter.
+            loader = sys.modules[name].__spec__.loader  # type: ignore[union-attr]
+            source = loader.get_source(name)  # type: ignore[union-attr]
+            code = compile(source, arcname[:-1], "exec", dont_inherit=True)
             info = zipfile.ZipInfo(arcname, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             archive.writestr(info, header + marshal.dumps(code))

@@ -19,6 +19,7 @@ IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattr
 
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "ext4")
 COMPRESSIONS = ("zstd", "gzip", "none")
+INTERPRETER_KINDS = ("host", "static")
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -35,6 +36,7 @@ class BuildConfig:
     compress_level: int | None = None
     shell: bool = False
     interpreter: str | None = None
+    interpreter_kind: str = "host"
     emergency: str | None = None
     microcode: bool = True
     source_date_epoch: int | None = None
@@ -131,6 +133,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("interpreter", _path, "The Python interpreter to put in the image (3.11 or "
             "newer). Default: /usr/bin/python3 when it is 3.11+, else the one running the "
             "builder.", ""),
+    Setting("interpreter_kind", _choice(INTERPRETER_KINDS), "host: the interpreter above, "
+            "dynamically linked, with its libraries and a zip of bytecode (quick to build). "
+            "static: one statically linked CPython built from source and cached (the first "
+            "build takes minutes), with the init's bytecode appended: /init is that one ELF.",
+            "--interpreter"),
     Setting("emergency", _choice(EMERGENCY_ACTIONS), "Default for rd.emergency= in this "
             "image.", ""),
     Setting("microcode", _bool, "Prepend the early microcode component when the host has "

@@ -74,7 +74,9 @@ def _plugin_paths(modules: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def freeze(interpreter: str, modules: list[str]) -> FrozenPython:
+def freeze(interpreter: str, modules: list[str],
+           interpreter_args: tuple[str, ...] = ()) -> FrozenPython:
+    """Trace and zip; ``interpreter_args`` come first (the static one's ``--hash-seed=0``)."""
     with tempfile.TemporaryDirectory(prefix="initium-freeze-") as tmp:
         tree = os.path.join(tmp, "tree")
         _link_tree(tree)
@@ -82,7 +84,7 @@ def freeze(interpreter: str, modules: list[str]) -> FrozenPython:
         wanted = ["initium.boot", *modules, *BOOT_EXTRA]
         paths = ":".join([tree, *_plugin_paths(modules)])
         report = json.loads(process.capture(
-            [interpreter, "-I", "-S", "-X", "utf8", HELPER, paths, out, *wanted],
+            [interpreter, *interpreter_args, "-I", "-S", "-X", "utf8", HELPER, paths, out, *wanted],
             env={"PYTHONHASHSEED": "0", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}))
         with open(out, "rb") as f:
             data = f.read()

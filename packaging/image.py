@@ -22,7 +22,7 @@ from initium.stage import JSON, Stage
 from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
-from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, python_payload
+from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
 from .xattrs import attach_xattrs
 
@@ -264,7 +264,8 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_device("dev/console", 5, 1)
     builder.add_file("etc/initrd-release", INITRD_RELEASE)
     modules = sorted({stage_ref(s).split(":")[0] for s in ordered})
-    builder.add_payload(python_payload(config.interpreter, modules, config.emergency))
+    payload = payload_for(config.interpreter_kind, config.interpreter, modules, config.emergency)
+    builder.add_payload(payload)
     if config.shell:
         builder.add_busybox()
     builder.current = "policy"
@@ -274,6 +275,9 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     attach_xattrs(builder)
     image, manifest = builder.write(mtime)
     manifest["stages"] = plan.names
+    manifest["interpreter"] = {"kind": payload.kind, "version": payload.version,
+                               "size": payload.interpreter_size,
+                               "modules": list(payload.modules)}
     return image, manifest, plan
 
 

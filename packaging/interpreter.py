@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from initium import process
@@ -93,6 +94,8 @@ class PythonPayload:
     modes: dict[str, int] = field(default_factory=dict)
     version: str = ""
     modules: tuple[str, ...] = ()
+    kind: str = "host"
+    interpreter_size: int = 0  # bytes of the interpreter ELF (static) or executable (host)
 
 
 def _version(interpreter: str) -> tuple[int, int]:
@@ -188,3 +191,79 @@ def python_payload(configured: str | None, stage_modules: list[str],
     payload.files[LAUNCHER_PATH] = launcher_script(emergency)
     payload.modes[LAUNCHER_PATH] = 0o644
     return payload
+
+
+# --- the static interpreter (packaging/static_python.py) -------------------
+
+INTERPRETER_KINDS = ("host", "static")
+# The launcher's own last resort cannot start a shell: it halts, powers off
+# or reboots; an image whose emergency action is a shell halts there.
+_LAUNCHER_ACTION = {"reboot": "reboot", "poweroff": "poweroff"}
+
+
+def static_payload(stage_modules: list[str], emergency: str | None = None,
+                   log: Callable[[str], None] | None = None) -> PythonPayload:
+    """/init = the static ELF with the init's bytecode appended as a zip (its sys.path)."""
+    from . import static_python
+
+    entry = static_python.ensure(log=log)
+    with static_python.trace_interpreter(entry) as trace:
+        frozen = freeze(trace, stage_modules, ("--hash-seed=0",))
+    if frozen.extensions:
+        raise InterpreterError("the static interpreter loaded shared extension modules: "
+                               f"{', '.join(frozen.extensions)}")
+    with open(entry.python, "rb") as f:
+        elf = static_python.set_emergency(f.read(), _LAUNCHER_ACTION.get(emergency or "", "halt"))
+    payload = PythonPayload(version=entry.version.rsplit(".", 1)[0], modules=frozen.modules)
+    payload.files["/init"] = elf + frozen.zip_bytes
+    payload.modes["/init"] = 0o755
+    payload.kind = "static"
+    payload.interpreter_size = len(elf)
+    return payload
+
+
+def payload_for(kind: str, configured: str | None, stage_modules: list[str],
+                emergency: str | None = None) -> PythonPayload:
+    if kind == "static":
+        return static_payload(stage_modules, emergency)
+    if kind != "host":
+        raise InterpreterError(f"interpreter kind must be one of {', '.join(INTERPRETER_KINDS)}")
+    payload = python_payload(configured, stage_modules, emergency)
+    host = payload.files.get(IMAGE_PYTHON)
+    payload.interpreter_size = os.path.getsize(host) if isinstance(host, str) else 0
+    return payload
+
+
+def elf_length(data: bytes) -> int:
+    """Where an ELF64 file ends: its section header table, which strip places last."""
+    import struct
+
+    if data[:4] != b"\x7fELF" or data[4:5] != b"\x02" or len(data) < 64:
+        return len(data)
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    end = shoff + shentsize * shnum
+    return end if 0 < end <= len(data) else len(data)
+
+
+def describe_interpreter(files: dict[str, bytes]) -> tuple[str, int, list[str]]:
+    """(kind, interpreter bytes, frozen modules) of an image's /init, read from its files."""
+    import io
+    import zipfile
+
+    init = files.get("/init", b"")
+    if init.startswith(b"\x7fELF"):
+        kind, size, archive = "static", elf_length(init), init
+    elif init.startswith(b"#!"):
+        zips = [p for p in files if p.startswith("/usr/lib/python") and p.endswith(".zip")]
+        kind, size = "host", len(files.get(IMAGE_PYTHON, b""))
+        archive = files[zips[0]] if zips else b""
+    else:
+        return "unknown", len(init), []
+    try:
+        names = zipfile.ZipFile(io.BytesIO(archive)).namelist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        names = []
+    modules = [n[:-4].replace("/", ".").removesuffix(".__init__") for n in names
+               if n.endswith(".pyc")]
+    return kind, size, modules

@@ -17,6 +17,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = {"initium": "init", "initium/probe": "init/probe", "initium/stages": "stages",
             "initium/packaging": "packaging"}
+# Stubs of the static interpreter's builtin modules: top-level names, kept beside the core.
+TOP_LEVEL_STUBS = ("init/_initium.pyi",)
 
 
 def link_tree(dest: str) -> str:
@@ -25,6 +27,8 @@ def link_tree(dest: str) -> str:
         for name in sorted(os.listdir(os.path.join(ROOT, src))):
             if name.endswith((".py", ".typed")):
                 os.symlink(os.path.join(ROOT, src, name), os.path.join(dest, rel, name))
+    for stub in TOP_LEVEL_STUBS:
+        os.symlink(os.path.join(ROOT, stub), os.path.join(dest, os.path.basename(stub)))
     return dest
 
 

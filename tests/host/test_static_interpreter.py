@@ -1,0 +1,224 @@
+"""The static /init on the build host: one ELF, no environment, PID-1 behaviour, _initium errors.
+
+The session fixture builds the interpreter from CPython's source the first
+time (minutes) and reuses the cache afterwards; without a compiler or the
+source tarball these tests are skipped, never faked.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import os
+import shutil
+import signal
+import subprocess
+import zipfile
+from pathlib import Path
+
+import pytest
+from initium.packaging import static_python as sp
+from initium.packaging.interpreter import elf_length, static_payload
+from initium.packaging.stages import load_stages
+
+pytestmark = pytest.mark.host
+
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+HOSTILE_ENV = {"PATH": SAFE_PATH, "PYTHONPATH": "/evil", "PYTHONHOME": "/evil",
+               "PYTHONHASHSEED": "0", "PYTHONVERBOSE": "1", "PYTHONINSPECT": "1",
+               "PYTHONSTARTUP": "/evil/startup.py", "PYTHONDEVMODE": "1",
+               "PYTHONWARNINGS": "error", "PYTHONSAFEPATH": "0", "PYTHONUTF8": "0"}
+
+
+@pytest.fixture(scope="session")
+def interpreter() -> sp.StaticPython:
+    if shutil.which("gcc") is None or shutil.which("make") is None:
+        pytest.skip("no C compiler (apt-get install build-essential)")
+    try:
+        return sp.ensure()
+    except sp.StaticPythonError as err:
+        pytest.skip(str(err))
+
+
+@pytest.fixture(scope="session")
+def init_bytes(interpreter: sp.StaticPython) -> bytes:
+    """The real /init of a default image: the ELF and the traced init's bytecode."""
+    from initium.packaging.image import stage_ref
+
+    modules = sorted({stage_ref(s).split(":")[0] for s in load_stages(())})
+    data = static_payload(modules).files["/init"]
+    assert isinstance(data, bytes)
+    return data
+
+
+def _install(directory: Path, data: bytes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "init"
+    path.write_bytes(data)
+    path.chmod(0o755)
+    return path
+
+
+def _run(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60,
+                          env=env if env is not None else {"PATH": SAFE_PATH})
+
+
+def _with_boot_module(init: bytes, boot_source: str) -> bytes:
+    """The real /init with its initium.boot replaced by ``boot_source`` (a test payload)."""
+    elf_end = elf_length(init)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(init)) as real, zipfile.ZipFile(buf, "w") as archive:
+        for name in real.namelist():
+            if name != "initium/boot.pyc":
+                archive.writestr(name, real.read(name))
+        archive.writestr("initium/boot.py", boot_source)
+    return init[:elf_end] + buf.getvalue()
+
+
+def test_file_says_statically_linked(tmp_path: Path, init_bytes: bytes) -> None:
+    if shutil.which("file") is None:
+        pytest.skip("file(1) missing")
+    init = _install(tmp_path, init_bytes)
+    out = _run(["file", str(init)]).stdout
+    assert "statically linked" in out and "ELF 64-bit" in out, out
+
+
+def test_runs_in_an_empty_chroot_with_only_itself(tmp_path: Path, init_bytes: bytes) -> None:
+    _install(tmp_path / "root", init_bytes)
+    code = ("import os, sys, _initium, initium.boot, initium.syscalls as s; "
+            "print(os.listdir('/'), sys.path, s.BUILTIN, 'ctypes' in sys.modules)")
+    done = _run(["chroot", str(tmp_path / "root"), "/init", "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["['init']", "['/init']", "True", "False"]
+
+
+def test_the_environment_is_ignored(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    code = ("import sys; print(repr([sys.path, sys.flags.ignore_environment, "
+            "sys.flags.hash_randomization, sys.flags.dev_mode, sys.flags.utf8_mode, "
+            "sys.flags.verbose, sys.flags.inspect, sys.warnoptions, sys.prefix]))")
+    done = _run([str(init), "-c", code], HOSTILE_ENV)
+    assert done.returncode == 0, done.stderr
+    assert ast.literal_eval(done.stdout) == [[str(init)], 1, 1, False, 1, 0, 0, [], "/"]
+    assert "import" not in done.stderr, "PYTHONVERBOSE was obeyed"
+
+
+def test_hash_seed_is_random_unless_pid1(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    seen = {_run([str(init), "-c", "print(hash('initium'))"], HOSTILE_ENV).stdout
+            for _ in range(3)}
+    assert len(seen) > 1, "PYTHONHASHSEED=0 from the environment fixed the seed"
+
+
+def _as_pid1(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    return _run(["unshare", "--pid", "--fork", "--mount-proc", "chroot", str(root), "/init",
+                 *args])
+
+
+def test_pid1_fixes_the_seed_and_never_parses_its_arguments(
+        tmp_path: Path, interpreter: sp.StaticPython, init_bytes: bytes) -> None:
+    boot = ("import os, sys\n"
+            "def boot(t, args):\n"
+            "    print(repr([os.getpid(), sys.flags.hash_randomization, hash('initium'),"
+            " sys.argv, args, isinstance(t, float)]), flush=True)\n"
+            "    os._exit(0)\n")
+    _install(tmp_path / "root", _with_boot_module(init_bytes, boot))
+    done = _as_pid1(tmp_path / "root", "-c", "raise SystemExit(3)", "quiet")
+    assert done.returncode == 0, done.stderr
+    pid, randomized, value, argv, args, has_clock = ast.literal_eval(done.stdout)
+    with sp.trace_interpreter(interpreter) as trace:
+        seeded = int(_run([trace, "--hash-seed=0", "-c", "print(hash('initium'))"]).stdout)
+    assert (pid, randomized, value, has_clock) == (1, 0, seeded, True)
+    assert argv == ["/init", "-c", "raise SystemExit(3)", "quiet"]
+    assert args == ["-c", "raise SystemExit(3)", "quiet"]
+
+
+def test_pid1_failure_before_the_handler_halts_with_a_message(
+        tmp_path: Path, init_bytes: bytes) -> None:
+    root = tmp_path / "root"
+    _install(root, _with_boot_module(init_bytes, "raise RuntimeError('frozen module broken')\n"))
+    (root / "dev").mkdir()
+    (root / "dev" / "console").write_text("")  # a plain file stands in for the console
+    done = _as_pid1(root)
+    # reboot(HALT) by a PID namespace's init ends the namespace with SIGINT.
+    assert done.returncode == -signal.SIGINT, (done.returncode, done.stderr)
+    console = (root / "dev" / "console").read_text()
+    assert console == ("initium: cannot import the init: RuntimeError: frozen module broken; "
+                       "halting\n")
+    assert "Traceback" in done.stderr
+
+
+def test_the_emergency_action_is_patched_in(tmp_path: Path, init_bytes: bytes) -> None:
+    root = tmp_path / "root"
+    elf = _with_boot_module(init_bytes, "def boot(t, args):\n    return None\n")
+    _install(root, sp.set_emergency(elf, "reboot"))
+    (root / "dev").mkdir()
+    (root / "dev" / "console").write_text("")
+    done = _as_pid1(root)
+    assert done.returncode == -signal.SIGHUP, "reboot(RESTART) in a PID namespace is SIGHUP"
+    assert (root / "dev" / "console").read_text().endswith("boot() must never return; "
+                                                          "rebooting\n")
+
+
+ERRORS_CODE = r"""
+import os, _initium
+def err(f, *a):
+    try:
+        f(*a)
+    except OSError as e:
+        return [type(e).__name__, e.errno, e.filename, e.filename2]
+    except ValueError as e:
+        return ["ValueError", str(e)]
+    return None
+r, w = os.pipe()
+os.write(w, b"hello")
+fionread = _initium.ioctl(r, 0x541B, bytes(4))
+print(repr({
+    "statfs": err(_initium.statfs_type, "/missing"),
+    "proc": _initium.statfs_type("/proc"),
+    "mount": err(_initium.mount, "none", "/missing", "tmpfs", 0, None),
+    "umount": err(_initium.umount2, "/", 0x10000),
+    "pivot": err(_initium.pivot_root, "/missing", "/old"),
+    "finit": err(_initium.finit_module, 9999, "", 0),
+    "keyctl": err(_initium.keyctl, 99999),
+    "add_key": err(_initium.add_key, "no-such-type", "d", b"x", -3),
+    "ioctl": err(_initium.ioctl, 9999, 0x541B, bytes(4)),
+    "ioctl_big": err(_initium.ioctl, r, 0x541B, bytes(70000)),
+    "fionread": int.from_bytes(fionread, "little"),
+}))
+"""
+
+
+def test_initium_module_raises_oserror_like_os(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    done = _run([str(init), "-c", ERRORS_CODE])
+    assert done.returncode == 0, done.stderr
+    result = ast.literal_eval(done.stdout)
+    assert result["statfs"] == ["FileNotFoundError", 2, "/missing", None]
+    assert result["proc"] == 0x9FA0  # PROC_SUPER_MAGIC
+    assert result["mount"] == ["FileNotFoundError", 2, "/missing", None]
+    assert result["umount"][1] == 22  # EINVAL: unknown flag
+    assert result["pivot"] == ["FileNotFoundError", 2, "/missing", "/old"]
+    # EBADF; ENOSYS where the host kernel (a sandbox) has no module loading
+    assert result["finit"][0] == "OSError" and result["finit"][1] in (9, 38)
+    assert result["keyctl"][:2] == ["OSError", 95]  # EOPNOTSUPP
+    assert result["add_key"][1] in (19, 22)  # ENODEV: unknown key type
+    assert result["ioctl"][:2] == ["OSError", 9]
+    assert result["ioctl_big"][0] == "ValueError"
+    assert result["fionread"] == 5
+
+
+def test_two_traces_give_the_same_init(init_bytes: bytes) -> None:
+    from initium.packaging.image import stage_ref
+
+    modules = sorted({stage_ref(s).split(":")[0] for s in load_stages(())})
+    assert static_payload(modules).files["/init"] == init_bytes
+
+
+def test_the_cache_is_reused(interpreter: sp.StaticPython) -> None:
+    before = os.stat(interpreter.python).st_mtime_ns
+    assert sp.ensure() == interpreter
+    assert os.stat(interpreter.python).st_mtime_ns == before
