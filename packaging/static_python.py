@@ -39,7 +39,12 @@ RECIPE_FILES = ("build.sh", "launcher.c", "_initium.c")
 CPYTHON_VERSION = "3.11.2"
 CPYTHON_SHA256 = "2411c74bda5bbcfcddaf4531f66d1adc73f247f529aee981b029513aefdbf849"
 CPYTHON_NAMES = (f"Python-{CPYTHON_VERSION}.tgz", f"python3.11_{CPYTHON_VERSION}.orig.tar.gz")
-CPYTHON_URL = f"https://www.python.org/ftp/python/{CPYTHON_VERSION}/Python-{CPYTHON_VERSION}.tgz"
+# Debian's mirror first: the build hosts reach it (apt does) where python.org
+# may be closed to them; the digest is checked whichever answers.
+CPYTHON_URLS = (
+    f"http://deb.debian.org/debian/pool/main/p/python3.11/{CPYTHON_NAMES[1]}",
+    f"https://www.python.org/ftp/python/{CPYTHON_VERSION}/Python-{CPYTHON_VERSION}.tgz",
+)
 
 CONFIGURE_FLAGS = (
     "--disable-shared",          # one ELF: libpython linked in
@@ -56,7 +61,7 @@ CONFIGURE_FLAGS = (
 # name -> Setup.local source list; why each is here is in the comment.
 BUILTIN_MODULES: dict[str, str] = {
     "_initium": "_initium.c",                # mount, reboot, finit_module, ... (ours)
-    "_json": "_json.c",                      # initium.jsonlite: the plan
+    "_json": "_json.c",                      # initium.jsonlite: the timeline
     "_struct": "_struct.c",                  # initium.probe: superblocks
     "math": "mathmodule.c",                  # initium.jsonlite
     "zlib": "zlibmodule.c",                  # initium.probe (crc32); the trace's zip
@@ -167,17 +172,25 @@ def _download(dest: str) -> str:
     import urllib.request
 
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    try:
-        with urllib.request.urlopen(CPYTHON_URL, timeout=60) as response:
-            data = response.read()
-    except OSError as err:
+    data = b""
+    err: OSError | None = None
+    for url in CPYTHON_URLS:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response:
+                data = response.read()
+        except OSError as failure:
+            err = failure
+            continue
+        if hashlib.sha256(data).hexdigest() == CPYTHON_SHA256:
+            break
+        err = OSError(f"{url}: digest mismatch, not used")
+        data = b""
+    if not data:
         raise StaticPythonError(
             f"no CPython {CPYTHON_VERSION} source tarball and the download failed ({err}); "
             f"put {CPYTHON_NAMES[0]} (or Debian's {CPYTHON_NAMES[1]}, from `apt-get source "
             f"--download-only python3.11`) in {os.path.dirname(dest)} or set "
-            "INITIUM_CPYTHON_SOURCE") from None
-    if hashlib.sha256(data).hexdigest() != CPYTHON_SHA256:
-        raise StaticPythonError(f"{CPYTHON_URL}: digest mismatch, not used")
+            "INITIUM_CPYTHON_SOURCE")
     with open(dest + ".part", "wb") as f:
         f.write(data)
     os.replace(dest + ".part", dest)
