@@ -36,7 +36,7 @@ class BuildConfig:
     compress_level: int | None = None
     shell: bool = False
     interpreter: str | None = None
-    interpreter_kind: str = "host"
+    interpreter_kind: str = "static"
     emergency: str | None = None
     microcode: bool = True
     source_date_epoch: int | None = None
@@ -135,8 +135,9 @@ SETTINGS: tuple[Setting, ...] = (
             "builder.", ""),
     Setting("interpreter_kind", _choice(INTERPRETER_KINDS), "host: the interpreter above, "
             "dynamically linked, with its libraries and a zip of bytecode (quick to build). "
-            "static: one statically linked CPython built from source and cached (the first "
-            "build takes minutes), with the init's bytecode appended: /init is that one ELF.",
+            "static (the default): one statically linked CPython built from source and cached "
+            "(the first build takes minutes), with the init's bytecode appended: /init is that "
+            "one ELF.",
             "--interpreter"),
     Setting("emergency", _choice(EMERGENCY_ACTIONS), "Default for rd.emergency= in this "
             "image.", ""),

@@ -50,8 +50,8 @@ except BaseException as _err:
         _what = type(_err).__name__ + ": " + str(_err)
     except BaseException:
         _what = "an error that cannot be printed"
-    _line = ("initium: FATAL: the init could not start (" + _what.replace("\\n", " ")[:600]
-             + "); the image is broken: rebuild it with initium build; %(action)s\\n")
+    _line = ("initium: cannot import the init: " + _what.replace("\\n", " ")[:600]
+             + "; %(verb)s\\n")
     _data = _line.encode("utf-8", "replace")
     for _fd in (1, 2):
         try:
@@ -140,7 +140,8 @@ def merged_usr_links() -> dict[str, str]:
 def launcher_script(emergency: str | None) -> bytes:
     """The launcher, stopping the machine the configured way when the init cannot start."""
     action = emergency if emergency in LAUNCHER_ACTIONS else "halt"
-    return (LAUNCHER % {"action": action, "command": LAUNCHER_ACTIONS[action]}).encode()
+    verb = {"reboot": "rebooting", "poweroff": "powering off"}.get(action, "halting")
+    return (LAUNCHER % {"verb": verb, "command": LAUNCHER_ACTIONS[action]}).encode()
 
 
 def launcher(library_dirs: list[str]) -> bytes:

@@ -30,6 +30,8 @@ if [ -f /run/initium/timeline.json ]; then
 fi
 echo "INITIUM-ENV $($B env | $B sort | $B tr '\n' ' ')"
 echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\t' '  ')"
+echo "INITIUM-MOUNTS $($B grep -E ' /(run|dev|dev/pts|dev/shm) ' /proc/mounts | $B tr '\n' ';')"
+echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/queue_depth)"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
 $B sync
 $B poweroff -f

@@ -62,6 +62,9 @@ class SwitchRoot(Stage):
         if ctx.state.root_device is None:
             raise StageError(f"nothing is mounted on {new_root}", "check the root stage's log")
         candidates = self._find_inits(ctx, new_root)
+        # What stages started (udevd, links, …) stops now, while a failure can
+        # still be retried: nothing has moved yet.
+        ctx.run_teardowns()
         for path in API_MOUNTS:
             ctx.sys.apply(ops.MoveMount(path, new_root + path))
         try:

@@ -66,16 +66,47 @@ def test_manifest_describes_every_byte(built: str) -> None:
     assert len(image) - end < 4 and len(image) % 4 == 0
     implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
     assert listed >= len(files) - len(implicit_dirs)
-    assert manifest["stages"] == ["early-mounts", "console", "modules", "root", "switch-root"]
+    assert manifest["stages"] == ["early-mounts", "console", "xattrs", "modules", "root",
+                                 "switch-root"]
 
 
-def test_image_layout_and_launcher(built: str, kver: str) -> None:
+def _frozen(files: dict[str, Entry]) -> set[str]:
+    """The names in the image's bytecode zip: appended to the static /init, or the host's zip."""
+    zips = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
+    data = files[zips[0]].data if zips else files["/init"].data
+    return set(zipfile.ZipFile(BytesIO(data)).namelist())
+
+
+@pytest.fixture(scope="session")
+def built_host(kver: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return build(str(tmp_path_factory.mktemp("built-host") / "h.img"), kver,
+                 "--interpreter", "host")
+
+
+def test_static_init_is_one_elf(built: str) -> None:
     files = _files(built)
-    console = files["/dev/console"]
-    assert stat.S_ISCHR(console.mode) and console.rdev == (5, 1)
+    assert files["/init"].data.startswith(b"\x7fELF")
+    assert stat.S_IMODE(files["/init"].mode) == 0o755
+    # One ELF and its appended bytecode: no interpreter, libraries or launcher beside it.
+    assert not [p for p in files if p.startswith(("/usr/bin/python", "/usr/lib/initium"))
+                or ".so" in p.rsplit("/", 1)[-1]]
+
+
+def test_host_launcher(built_host: str) -> None:
+    files = _files(built_host)
     init = files["/init"].data.decode()
     assert init.startswith("#!/usr/bin/env -S ") and len(init.splitlines()[0]) <= 255
     assert "PYTHONHASHSEED=0" in init, "the hash seed must not wait for the kernel RNG"
+    launcher = files["/usr/lib/initium/launch.py"].data.decode()
+    compile(launcher, "launch.py", "exec")
+    assert "except BaseException" in launcher and "reboot(" in launcher
+    assert "initium/boot.pyc" in _frozen(files)
+
+
+def test_image_layout(built: str, kver: str) -> None:
+    files = _files(built)
+    console = files["/dev/console"]
+    assert stat.S_ISCHR(console.mode) and console.rdev == (5, 1)
     assert "/etc/initrd-release" in files
     plan = Plan.from_bytes(files[PLAN_PATH].data)
     assert plan.kver == kver and not plan.has_shell
@@ -87,10 +118,10 @@ def test_image_layout_and_launcher(built: str, kver: str) -> None:
     assert not any(p.endswith(("/sh", "/busybox")) for p in files)
 
 
-def test_frozen_stdlib_is_only_what_the_init_imports(built: str) -> None:
-    files = _files(built)
-    [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
-    names = set(zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist())
+@pytest.mark.parametrize("kind", ["static", "host"])
+def test_frozen_stdlib_is_only_what_the_init_imports(
+        kind: str, built: str, built_host: str) -> None:
+    names = _frozen(_files(built if kind == "static" else built_host))
     assert "initium/boot.pyc" in names and "initium/stages/root.pyc" in names
     # Sub-packages of the core are frozen too (the probes: one module per format).
     assert {"initium/probe/__init__.pyc", "initium/probe/raid.pyc"} <= names
@@ -115,15 +146,16 @@ def test_gnu_cpio_lists_the_core(built: str, tmp_path: Path) -> None:
     listing = subprocess.run(["cpio", "-t", "--quiet"], input=core[0].payload_uncompressed,
                              capture_output=True, check=True).stdout.decode().split()
     assert listing[:2] == ["bin", "dev"]  # sorted: the merged-/usr link, then dev
-    assert "init" in listing and "usr/bin/python3" in listing
-    assert listing.index("usr") < listing.index("usr/bin") < listing.index("usr/bin/python3")
+    assert "init" in listing and "etc/initrd-release" in listing
+    assert listing.index("etc") < listing.index("etc/initrd-release") < listing.index("init")
 
 
 def test_inspect_lists_files_and_stages(built: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inspect", built]) == 0
     out = capsys.readouterr().out
-    assert "/usr/bin/python3" in out
-    assert "stages: early-mounts → console → modules → root → switch-root" in out
+    assert "/init" in out
+    assert "interpreter: static" in out
+    assert "stages: early-mounts → console → xattrs → modules → root → switch-root" in out
 
 
 def test_config_file_and_flag_override(kver: str, tmp_path: Path) -> None:
@@ -187,8 +219,7 @@ def test_a_third_party_stage_is_ordered_frozen_and_planned(
     conf.write_text('stages = ["hello_initium:Hello"]\nmodules = ["virtio_blk"]\n')
     files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
     plan = Plan.from_bytes(files[PLAN_PATH].data)
-    assert plan.names == ["early-mounts", "console", "hello", "modules", "root", "switch-root"]
+    assert plan.names == ["early-mounts", "console", "hello", "xattrs", "modules", "root",
+                          "switch-root"]
     assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
-    [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
-    names = zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist()
-    assert "hello_initium.pyc" in names
+    assert "hello_initium.pyc" in _frozen(files)

@@ -24,8 +24,8 @@ def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = Non
     entries = []
     for ref in DEFAULT_STAGES:
         cls = ref.partition(":")[2]
-        name = {"EarlyMounts": "early-mounts", "KernelLog": "console", "Modules": "modules",
-                "Root": "root", "SwitchRoot": "switch-root"}[cls]
+        name = {"EarlyMounts": "early-mounts", "KernelLog": "console", "Xattrs": "xattrs",
+                "Modules": "modules", "Root": "root", "SwitchRoot": "switch-root"}[cls]
         data = {"modules": modules or []} if name == "modules" else {}
         entries.append(StageEntry(name, ref, data))
     plan = Plan(kver, tuple(entries))

@@ -1113,3 +1113,23 @@ def test_partitions_of_a_disk_with_its_logical_block_size(images: dict[str, byte
     m.ctx.stage = "root"
     Root().run(m.ctx)
     assert m.ctx.state.root_device == "/dev/vda1"
+
+
+def test_switch_root_runs_the_teardowns_before_moving_anything() -> None:
+    m = switch_machine({"/sysroot/sbin/init"})
+    m.ctx.at_switch_root("stop helper", lambda c: c.sys.apply(ops.WriteFile("/run/stopped", b"")))
+    SwitchRoot().run(m.ctx)
+    assert m.sys.applied[0] == ops.WriteFile("/run/stopped", b"")
+    assert isinstance(m.sys.applied[1], ops.MoveMount)
+
+
+def test_a_failing_teardown_fails_switch_root_before_the_point_of_no_return() -> None:
+    def refuse(c: BootContext) -> None:
+        raise StageError("udevd would not stop", "see its log")
+
+    m = switch_machine({"/sysroot/sbin/init"})
+    m.ctx.at_switch_root("stop udevd", refuse)
+    with pytest.raises(StageError, match="udevd would not stop"):
+        SwitchRoot().run(m.ctx)
+    assert m.sys.point_of_no_return is None
+    assert not [op for op in m.sys.applied if isinstance(op, ops.MoveMount)]
