@@ -257,7 +257,7 @@ class Runner:
             self.timeline.append(TimelineEntry(stage.name, start, sys.monotonic(), "failed"))
             ctx.console.error(failure_message(stage.name, cause, hint))
             crossed = sys.point_of_no_return
-            if crossed is not None and retry:
+            if crossed is not None:
                 retry = False
                 ctx.console.warn(f"{stage.name} cannot be retried: '{crossed}' was already "
                                  "done; a shell, if offered, runs in that half-switched system "
@@ -271,15 +271,15 @@ class Runner:
                     decision = Decision("halt", "emergency shell exhausted")
                 self._stop(outcome, stage.name, cause, decision)
                 return False
-            self._shell(decision)
+            self._shell(decision, then="continue" if retry else "halt")
             if not retry:
                 self._stop(outcome, stage.name, cause, Decision("halt", "cannot be retried"))
                 return False
             ctx.console.info(f"shell exited; retrying {stage.name}")
         return False  # pragma: no cover - the loop always returns
 
-    def _shell(self, decision: Decision) -> None:
-        self.ctx.console.warn("starting the emergency shell; exit it to continue")
+    def _shell(self, decision: Decision, then: str = "continue") -> None:
+        self.ctx.console.warn(f"starting the emergency shell; exit it to {then}")
         try:
             carry_out(self.ctx.sys, decision)
         except Exception as err:
