@@ -1133,3 +1133,37 @@ def test_a_failing_teardown_fails_switch_root_before_the_point_of_no_return() ->
         SwitchRoot().run(m.ctx)
     assert m.sys.point_of_no_return is None
     assert not [op for op in m.sys.applied if isinstance(op, ops.MoveMount)]
+
+
+def test_a_disk_whose_reads_fail_is_reported_and_tried_again(images: dict[str, bytes]) -> None:
+    m = root_machine(f"root=UUID={ROOT_UUID} rd.timeout=1", {"vda": images["root"]})
+    m.sys.read_errors["/dev/vda"] = errno.EIO
+    with pytest.raises(StageError) as info:
+        Root().run(m.ctx)
+    assert "seen: vda (unreadable: [Errno 5] Input/output error" in info.value.cause
+    # tried again on every scan of the wait, not given up after the first error
+    assert m.sys.reads > 10
+
+
+def test_a_stalling_disk_delays_the_verdict_by_one_probe_at_most(
+        images: dict[str, bytes]) -> None:
+    """The worst case of today's synchronous probes: a read that takes 20 s.
+
+    The wait still ends, at most one probe's reads after its budget, and the
+    stalled disk is probed once (it answered, slowly). Moving probes out of
+    PID 1 with a deadline is the storage issue's (tests in tests/unit for it
+    will tighten this bound).
+    """
+    from initium.blockdev import Scanner
+
+    counting = root_machine("", {"vdb": images["other"]}).sys
+    before = counting.reads
+    Scanner(counting).scan()
+    reads_per_probe = counting.reads - before  # sysfs reads included: an upper bound
+    m = root_machine("root=UUID=00000000-0000-4000-8000-000000000000 rd.timeout=3",
+                     {"vda": images["root"], "vdb": images["other"]})
+    m.sys.read_delays["/dev/vdb"] = 20.0
+    with pytest.raises(StageError) as info:
+        Root().run(m.ctx)
+    assert 20.0 <= m.sys.now <= 3 + 20.0 * reads_per_probe
+    assert "vdb (ext4 UUID=" in info.value.cause
