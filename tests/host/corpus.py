@@ -26,6 +26,9 @@ from tests.unit.disk_images import (
     md0_offset,
     md0_superblock,
     md1_superblock,
+    need,
+    run,
+    sparse,
 )
 
 MiB = 1 << 20
@@ -43,25 +46,6 @@ class Image:
 Builder = Callable[[Path, contextlib.ExitStack], Image]
 
 
-def need(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (scripts/setup-host installs it)")
-
-
-def run(*args: str | Path, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(a) for a in args], input=stdin, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr.strip()}")
-    return proc.stdout
-
-
-def sparse(path: Path, size: int) -> Path:
-    with path.open("wb") as f:
-        f.truncate(size)
-    return path
 
 
 def loop(stack: contextlib.ExitStack, img: Path, sector_size: int = 512) -> str:

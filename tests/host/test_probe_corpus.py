@@ -16,7 +16,8 @@ import pytest
 from initium.probe import FsInfo, PartitionTable, probe_filesystem, probe_partitions
 from initium.probe import ext as ext_probe
 
-from tests.host.corpus import CORPUS, Builder, Image, made, need
+from tests.host.corpus import CORPUS, Builder, Image, made
+from tests.unit.disk_images import need
 
 pytestmark = pytest.mark.host
 

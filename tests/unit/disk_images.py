@@ -9,9 +9,14 @@ check every writer against ``blkid -p``.
 
 from __future__ import annotations
 
+import shutil
 import struct
+import subprocess
 import uuid
 import zlib
+from pathlib import Path
+
+import pytest
 
 MD_MAGIC = 0xA92B4EFC
 KiB = 1024
@@ -138,3 +143,26 @@ def build_gpt(
         disk[my * ss : my * ss + 92] = hdr
         disk[ents * ss : ents * ss + len(array)] = array
     return disk
+
+
+def need(*tools: str) -> None:
+    """Skip the test, naming the tool, when the host lacks one of ``tools``."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (scripts/setup-host installs it)")
+
+
+def run(*args: str | Path, stdin: str | None = None) -> str:
+    """Run a tool that makes an image; its stderr in the failure."""
+    proc = subprocess.run(
+        [str(a) for a in args], input=stdin, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def sparse(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        f.truncate(size)
+    return path

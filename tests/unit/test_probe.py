@@ -9,7 +9,6 @@ the user's fstab and kernel command line) does.
 from __future__ import annotations
 
 import re
-import shutil
 import struct
 import subprocess
 import zlib
@@ -30,7 +29,7 @@ from initium.probe import (
     probe_partitions,
 )
 
-from tests.unit.disk_images import build_gpt
+from tests.unit.disk_images import build_gpt, need, run, sparse
 
 MiB = 1 << 20
 
@@ -40,25 +39,6 @@ MiB = 1 << 20
 
 ReadAt = Callable[[int, int], bytes]
 
-def need(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed")
-
-
-def run(*args: str | Path, stdin: str | None = None) -> str:
-    proc = subprocess.run(
-        [str(a) for a in args], input=stdin, capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stderr}")
-    return proc.stdout
-
-
-def sparse(path: Path, size: int) -> Path:
-    with path.open("wb") as f:
-        f.truncate(size)
-    return path
 
 
 def file_reader(f: BinaryIO) -> ReadAt:
