@@ -47,6 +47,7 @@ class BuildConfig:
     ima_sign_key: str | None = None
     ima_hash: str = "sha256"
     kernel_xattr_list: bool = False
+    xattr_tmpfs_move: bool = True
 
     @property
     def required_modules(self) -> list[str]:
@@ -161,6 +162,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),
+    Setting("xattr_tmpfs_move", _bool, "When the kernel unpacked the image into a ramfs "
+            "(kernel 6.1 does whenever root= is given) and the xattr lists hold more than "
+            "security.selinux, copy the initramfs into a tmpfs and continue there (true, the "
+            "default); false stops the boot with that message instead.", ""),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

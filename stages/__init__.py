@@ -9,6 +9,7 @@ from __future__ import annotations
 DEFAULT_STAGES = (
     "initium.stages.early_mounts:EarlyMounts",
     "initium.stages.console:KernelLog",
+    "initium.stages.rootfs:Rootfs",
     "initium.stages.xattrs:Xattrs",
     "initium.stages.modules:Modules",
     "initium.stages.root:Root",
