@@ -31,6 +31,10 @@ fi
 echo "INITIUM-ENV $($B env | $B sort | $B tr '\n' ' ')"
 echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\t' '  ')"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
+if [ -d /sys/fs/selinux ]; then
+  echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
+    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
+fi
 $B sync
 $B poweroff -f
 """

@@ -11,6 +11,7 @@ DEFAULT_STAGES = (
     "initium.stages.console:KernelLog",
     "initium.stages.rootfs:Rootfs",
     "initium.stages.xattrs:Xattrs",
+    "initium.stages.selinux:Selinux",
     "initium.stages.modules:Modules",
     "initium.stages.root:Root",
     "initium.stages.switch_root:SwitchRoot",

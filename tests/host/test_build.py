@@ -66,8 +66,8 @@ def test_manifest_describes_every_byte(built: str) -> None:
     assert len(image) - end < 4 and len(image) % 4 == 0
     implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
     assert listed >= len(files) - len(implicit_dirs)
-    assert manifest["stages"] == ["early-mounts", "console", "rootfs", "xattrs", "modules", "root",
-                                  "switch-root"]
+    assert manifest["stages"] == ["early-mounts", "console", "rootfs", "xattrs", "selinux",
+                                  "modules", "root", "switch-root"]
 
 
 def test_image_layout_and_launcher(built: str, kver: str) -> None:
@@ -124,7 +124,8 @@ def test_inspect_lists_files_and_stages(built: str, capsys: pytest.CaptureFixtur
     assert main(["inspect", built]) == 0
     out = capsys.readouterr().out
     assert "/usr/bin/python3" in out
-    assert "stages: early-mounts → console → rootfs → xattrs → modules → root → switch-root" in out
+    assert ("stages: early-mounts → console → rootfs → xattrs → selinux → modules → root → "
+            "switch-root") in out
 
 
 def test_config_file_and_flag_override(kver: str, tmp_path: Path) -> None:
@@ -188,8 +189,8 @@ def test_a_third_party_stage_is_ordered_frozen_and_planned(
     conf.write_text('stages = ["hello_initium:Hello"]\nmodules = ["virtio_blk"]\n')
     files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
     plan = Plan.from_bytes(files[PLAN_PATH].data)
-    assert plan.names == ["early-mounts", "console", "hello", "rootfs", "xattrs", "modules", "root",
-                          "switch-root"]
+    assert plan.names == ["early-mounts", "console", "hello", "rootfs", "xattrs", "selinux",
+                          "modules", "root", "switch-root"]
     assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
     [zip_path] = [p for p in files if p.startswith("/usr/lib/python3") and p.endswith(".zip")]
     names = zipfile.ZipFile(BytesIO(files[zip_path].data)).namelist()
