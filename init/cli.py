@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima signature made with this key")
     build.add_argument("--kernel-xattr-list", action="store_true", default=None,
                        help="also write .xattr-list for kernels with the in-kernel xattr patch")
+    build.add_argument("--selinux-policy", metavar="DIR",
+                       help="SELinux policy store to load at boot, e.g. /etc/selinux/default, "
+                            "or 'none' (default: the host's configured policy)")
     build.add_argument("--interpreter", choices=("host", "static"),
                        help="host: this host's Python and its libraries; static: one static "
                             "ELF built from CPython's source and cached (default: host)")
@@ -118,6 +121,9 @@ def _build(args: argparse.Namespace) -> int:
             overrides[flag] = True
     if args.ima_sign_key:
         overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
+    if args.selinux_policy:
+        overrides["selinux_policy"] = args.selinux_policy if args.selinux_policy == "none" \
+            else os.path.abspath(args.selinux_policy)
     if args.interpreter:
         overrides["interpreter_kind"] = args.interpreter
     config = replace(config, **overrides)

@@ -47,6 +47,9 @@ class BuildConfig:
     ima_sign_key: str | None = None
     ima_hash: str = "sha256"
     kernel_xattr_list: bool = False
+    xattr_tmpfs_move: bool = True
+    selinux_policy: str | None = None  # None: the host's configured policy; "none": no policy
+    selinux_mode: str = "kernel"
 
     @property
     def required_modules(self) -> list[str]:
@@ -100,6 +103,12 @@ def _namespaces(value: Any) -> tuple[str, ...]:
         if name not in NAMESPACES:
             raise ValueError(f"must name namespaces among {', '.join(NAMESPACES)}")
     return tuple(dict.fromkeys(names))
+
+
+def _policy_dir(value: Any) -> str:
+    if value == "none":
+        return "none"
+    return _path(value)
 
 
 def _text(value: Any) -> str:
@@ -162,6 +171,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),
+    Setting("xattr_tmpfs_move", _bool, "When the kernel unpacked the image into a ramfs "
+            "(kernel 6.1 does whenever root= is given) and the xattr lists hold more than "
+            "security.selinux, copy the initramfs into a tmpfs and continue there (true, the "
+            "default); false stops the boot with that message instead.", ""),
+    Setting("selinux_policy", _policy_dir, "SELinux policy store to put in the image (its "
+            "policy/policy.NN, its contexts, and labels computed from its file_contexts), e.g. "
+            "/etc/selinux/default; \"none\" for no policy. Default: the build host's configured "
+            "policy (/etc/selinux/config) when SELinux is not disabled there.",
+            "--selinux-policy"),
+    Setting("selinux_mode", _choice(("enforcing", "permissive", "kernel")), "SELinux mode the "
+            "selinux stage sets after loading the policy when enforcing= is not on the kernel "
+            "command line; \"kernel\" (the default) leaves the kernel's.", ""),
 )
 _BY_KEY = {s.key: s for s in SETTINGS}
 

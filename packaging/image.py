@@ -24,6 +24,7 @@ from .config import BuildConfig
 from .cpio import Entry, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
+from .selinux import attach_selinux
 from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
@@ -272,6 +273,7 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_file(PLAN_PATH, plan.to_bytes())
     if config.microcode:
         builder.add_microcode()
+    attach_selinux(builder)
     attach_xattrs(builder)
     image, manifest = builder.write(mtime)
     manifest["stages"] = plan.names

@@ -33,6 +33,10 @@ echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\
 echo "INITIUM-MOUNTS $($B grep -E ' /(run|dev|dev/pts|dev/shm) ' /proc/mounts | $B tr '\n' ';')"
 echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/queue_depth)"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
+if [ -d /sys/fs/selinux ]; then
+  echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
+    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
+fi
 $B sync
 $B poweroff -f
 """

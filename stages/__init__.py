@@ -9,7 +9,9 @@ from __future__ import annotations
 DEFAULT_STAGES = (
     "initium.stages.early_mounts:EarlyMounts",
     "initium.stages.console:KernelLog",
+    "initium.stages.rootfs:Rootfs",
     "initium.stages.xattrs:Xattrs",
+    "initium.stages.selinux:Selinux",
     "initium.stages.modules:Modules",
     "initium.stages.root:Root",
     "initium.stages.switch_root:SwitchRoot",

@@ -11,6 +11,7 @@ exactly how far each list got.
 from __future__ import annotations
 
 from initium import linux
+from initium.record import record
 from initium.stage import JSON, BootContext, Image, Stage, StageError
 from initium.xattrlist import (
     LIST_DIR,
@@ -27,6 +28,19 @@ COMPONENTS = ("early", "core", "modules", "policy")  # the order the kernel unpa
 RAMFS_KEEPS = "security.selinux"
 
 
+@record
+class ParsedLists:
+    """The lists as parsed by an earlier stage (``rootfs``), so they are read once."""
+
+    lists: tuple[tuple[str, list[XattrRecord]], ...]
+
+
+def allowed_namespaces(ctx: BootContext) -> tuple[str, ...]:
+    """The namespaces the image's configuration lets the lists set (the xattrs stage's data)."""
+    data = ctx.plan.stage_data("xattrs")
+    return tuple(n for n in data.get("namespaces", ["security."]) if n in NAMESPACES)
+
+
 class Xattrs(Stage):
     name = "xattrs"
     after = ("early-mounts", "console")
@@ -38,9 +52,9 @@ class Xattrs(Stage):
 
     def run(self, ctx: BootContext) -> None:
         enforcing = ctx.cmdline.last("enforcing") == "1"
-        allowed = tuple(n for n in ctx.data().get("namespaces", ["security."])
-                        if n in NAMESPACES)
-        lists = _read_lists(ctx, allowed, enforcing)
+        parsed = ctx.state.get(ParsedLists)
+        lists = list(parsed.lists) if parsed is not None else \
+            read_lists(ctx, allowed_namespaces(ctx), enforcing)
         if not lists:
             ctx.debug("no xattr lists in this image")
             return
@@ -50,10 +64,11 @@ class Xattrs(Stage):
             raise StageError(
                 f"the initramfs is on ramfs, which cannot keep {others} (only {RAMFS_KEEPS}); "
                 "no xattrs were applied",
-                "kernel 6.1 unpacks into ramfs when root= is on its command line; moving the "
-                "initramfs into a tmpfs is a later step of initium, until then build the image "
-                "without those attributes (no --ima-digest, --ima-sign-key or other namespaces "
-                "with --keep-xattrs)", security=enforcing)
+                "kernel 6.1 unpacks into ramfs when root= is on its command line; the rootfs "
+                "stage moves the initramfs into a tmpfs first: build the image with it and "
+                "xattr_tmpfs_move = true (the default), or without those attributes (no "
+                "--ima-digest, --ima-sign-key or other namespaces with --keep-xattrs)",
+                security=enforcing)
         done: list[tuple[str, int, int]] = []  # (component, records applied, of how many)
         count = 0
         for comp, records in lists:
@@ -75,7 +90,7 @@ class Xattrs(Stage):
         ctx.log(f"{count} xattrs applied from {', '.join(c for c, _ in lists)}")
 
 
-def _read_lists(ctx: BootContext, allowed: tuple[str, ...],
+def read_lists(ctx: BootContext, allowed: tuple[str, ...],
                 enforcing: bool) -> list[tuple[str, list[XattrRecord]]]:
     lists = []
     for comp in COMPONENTS:

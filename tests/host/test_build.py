@@ -66,8 +66,8 @@ def test_manifest_describes_every_byte(built: str) -> None:
     assert len(image) - end < 4 and len(image) % 4 == 0
     implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
     assert listed >= len(files) - len(implicit_dirs)
-    assert manifest["stages"] == ["early-mounts", "console", "xattrs", "modules", "root",
-                                 "switch-root"]
+    assert manifest["stages"] == ["early-mounts", "console", "rootfs", "xattrs", "selinux",
+                                  "modules", "root", "switch-root"]
 
 
 def _frozen(files: dict[str, Entry]) -> set[str]:
@@ -155,7 +155,8 @@ def test_inspect_lists_files_and_stages(built: str, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "/init" in out
     assert "interpreter: static" in out
-    assert "stages: early-mounts → console → xattrs → modules → root → switch-root" in out
+    assert ("stages: early-mounts → console → rootfs → xattrs → selinux → modules → root → "
+            "switch-root") in out
 
 
 def test_config_file_and_flag_override(kver: str, tmp_path: Path) -> None:
@@ -219,7 +220,7 @@ def test_a_third_party_stage_is_ordered_frozen_and_planned(
     conf.write_text('stages = ["hello_initium:Hello"]\nmodules = ["virtio_blk"]\n')
     files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
     plan = Plan.from_bytes(files[PLAN_PATH].data)
-    assert plan.names == ["early-mounts", "console", "hello", "xattrs", "modules", "root",
-                          "switch-root"]
+    assert plan.names == ["early-mounts", "console", "hello", "rootfs", "xattrs", "selinux",
+                          "modules", "root", "switch-root"]
     assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
     assert "hello_initium.pyc" in _frozen(files)

@@ -7,6 +7,7 @@ the dry run finds on the host: its root device, the mounts, the init.
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import time
@@ -23,9 +24,8 @@ from initium.stages import DEFAULT_STAGES
 def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = None) -> str:
     entries = []
     for ref in DEFAULT_STAGES:
-        cls = ref.partition(":")[2]
-        name = {"EarlyMounts": "early-mounts", "KernelLog": "console", "Xattrs": "xattrs",
-                "Modules": "modules", "Root": "root", "SwitchRoot": "switch-root"}[cls]
+        module, _, cls = ref.partition(":")
+        name = getattr(importlib.import_module(module), cls).name
         data = {"modules": modules or []} if name == "modules" else {}
         entries.append(StageEntry(name, ref, data))
     plan = Plan(kver, tuple(entries))

@@ -1,0 +1,100 @@
+"""Security stages in real boots: the tmpfs move for IMA xattrs, SELinux's policy load.
+
+Debian's kernel unpacks the initramfs into ramfs when root= is given, so an
+image whose lists carry security.ima must move into a tmpfs before the list
+can be applied; the root's init then shows the boot got through switch-root.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from initium.cli import main
+
+from tests.vm.conftest import ROOT_UUID, BootFn
+
+pytestmark = pytest.mark.vm
+
+
+def _reached_root(output: str) -> None:
+    m = re.search(r"INITIUM-ROOT-INIT pid=(\d+)", output)
+    assert m and m.group(1) == "1", "the root's init never ran as PID 1:\n" + output[-4000:]
+
+
+def test_ima_xattrs_move_the_initramfs_into_a_tmpfs(boot: BootFn, kver: str, ext4_disk: str,
+                                                   tmp_path: Path) -> None:
+    out = str(tmp_path / "ima.img")
+    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
+                 "--ima-digest"]) == 0
+    result = boot(out, ext4_disk, f"root=UUID={ROOT_UUID} rd.debug")
+    m = re.search(r"moved the initramfs from ramfs into a tmpfs \(for security\.ima\): "
+                  r"(\d+) files, ([\d.]+) MiB in ([\d.]+) s", result.output)
+    assert m, result.output[-4000:]
+    assert int(m.group(1)) > 20
+    # Applied on the tmpfs: a ramfs would have refused every security.ima.
+    applied = re.search(r"(\d+) xattrs applied from core", result.output)
+    assert applied and int(applied.group(1)) > 20, result.output[-4000:]
+    assert result.has(r"setxattr security\.ima=0x0404")
+    assert not result.has(r"cannot free the old ramfs|cannot free the initramfs")
+    _reached_root(result.output)
+    assert not result.has("Kernel panic|Traceback")
+
+
+def test_without_root_the_kernel_unpacks_into_tmpfs_and_nothing_moves(
+        boot: BootFn, kver: str, tmp_path: Path) -> None:
+    out = str(tmp_path / "ima.img")
+    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
+                 "--ima-digest"]) == 0
+    # No root= at all: the image stops in `root`, after the xattrs were applied in place.
+    result = boot(out, None, "rd.debug rd.timeout=1", until=r"System halted|Kernel panic")
+    assert result.has(r"the initramfs is not on ramfs: nothing to move"), result.output[-4000:]
+    assert result.has(r"\d+ xattrs applied from core")
+
+
+POLICY = "/etc/selinux/default"
+
+
+def test_selinux_policy_loaded_and_dev_relabelled(boot: BootFn, kver: str, ext4_disk: str,
+                                                  tmp_path: Path) -> None:
+    if not Path(POLICY, "policy").is_dir():
+        pytest.skip("apt-get install selinux-policy-default")
+    out = str(tmp_path / "selinux.img")
+    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
+                 "--selinux-policy", POLICY]) == 0
+    result = boot(out, ext4_disk,
+                  f"root=UUID={ROOT_UUID} security=selinux selinux=1 enforcing=0")
+    # (a) the kernel took the policy from the stage, and the root sees selinuxfs in permissive
+    assert result.has(r"SELinux:  policy capability"), result.output[-4000:]
+    m = re.search(r"SELinux policy \S+policy\.\d+ loaded in ([\d.]+) s \(permissive\); "
+                  r"(\d+) initramfs files and (\d+) files under /dev, /run labelled",
+                  result.output)
+    assert m, result.output[-4000:]
+    assert int(m.group(2)) > 20 and int(m.group(3)) > 20
+    assert result.has(r"^INITIUM-SELINUX enforce=0 ")
+    # (b) nodes devtmpfs made before the load carry their policy types, not device_t
+    assert result.has(r"labels now: /dev/null=system_u:object_r:null_device_t:s0, "
+                      r"/dev/console=system_u:object_r:console_device_t:s0")
+    _reached_root(result.output)
+    assert not result.has("Kernel panic|Traceback")
+
+
+def test_selinux_0_skips_and_enforcing_without_selinux_stops(boot: BootFn, kver: str,
+                                                            ext4_disk: str,
+                                                            tmp_path: Path) -> None:
+    if not Path(POLICY, "policy").is_dir():
+        pytest.skip("apt-get install selinux-policy-default")
+    out = str(tmp_path / "selinux.img")
+    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
+                 "--selinux-policy", POLICY, "--shell"]) == 0
+    result = boot(out, ext4_disk, f"root=UUID={ROOT_UUID} selinux=0 initium.timeline")
+    assert result.has(r"^\s+selinux\s+[\d.]+\s+[\d.]+\s+0\.000\s+skipped"), result.output[-3000:]
+    _reached_root(result.output)
+    # AppArmor kernel (no security=selinux) but enforcing=1: fail closed, no shell.
+    result = boot(out, ext4_disk, f"root=UUID={ROOT_UUID} enforcing=1",
+                  until=r"System halted|Kernel panic")
+    assert result.has(r"selinux failed: the kernel has no SELinux enabled"), \
+        result.output[-3000:]
+    assert result.has(r"reboot: System halted")
+    assert not result.has(r"starting the emergency shell|INITIUM-ROOT-INIT")
