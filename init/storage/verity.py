@@ -8,14 +8,15 @@ restart-on-corruption, panic-on-corruption …). The mapping is
 /dev/mapper/root, the default root when ``root=`` is absent. The data and
 hash devices are hidden from ``root=``: the unchecked file system on the data
 device carries the same UUID as the checked one, and must never be mounted.
-veritysetup checks the root hash against the hash tree before it makes the
-mapping, so a wrong ``roothash=`` stops the boot, whatever rd.emergency says
-about shells: the failure is a security failure.
+A wrong ``roothash=`` shows at the mapping's first read (the kernel checks
+the hash path of every block it reads up to the root hash) as an I/O error
+of the probe, and stops the boot as a security failure.
 """
 
 from __future__ import annotations
 
 from initium import ops
+from initium.blockdev import EMPTY
 from initium.process import ProcessError
 from initium.rootspec import RootSpecError, parse_root_spec
 from initium.stage import StageError
@@ -63,6 +64,7 @@ class Verity(Handler):
             else:
                 ctx.warn(f"verity option {option!r} not understood, ignored")
         self.opened = False
+        self.data_path = self.hash_path = ""
 
     @staticmethod
     def _spec(text: str) -> RootSpec:
@@ -75,6 +77,7 @@ class Verity(Handler):
 
     def tick(self, loop: Assembly) -> None:
         if self.opened:
+            self._check(loop)
             return
         data, hashes = loop.entry_for(self.data), loop.entry_for(self.hash)
         for entry, role in ((data, "verity data"), (hashes, "verity hash tree")):
@@ -97,8 +100,27 @@ class Verity(Handler):
                              "the image or roothash= was changed; boot a good image",
                              security=True)
         self.opened = True
-        self.ctx.log(f"dm-verity: {data.device.path} checked against roothash, "
-                     f"mapped as /dev/mapper/{NAME}")
+        self.data_path, self.hash_path = data.device.path, hashes.device.path
+        self.ctx.log(f"dm-verity: {data.device.path} mapped as /dev/mapper/{NAME}, "
+                     "every read checked against roothash=")
+
+    def _check(self, loop: Assembly) -> None:
+        """The mapping's first read: with a wrong root hash every read fails.
+
+        veritysetup open checks nothing but the hash device's format; the
+        kernel checks the root hash when a block is read. The probe of
+        /dev/mapper/root reads its first blocks, so a wrong hash shows here
+        as an I/O error, before anything could mount it.
+        """
+        mapped = next((e for e in loop.entries.values()
+                       if f"/dev/mapper/{NAME}" in e.device.aliases), None)
+        if mapped is None or mapped.device.error is None or mapped.device.error == EMPTY:
+            return
+        raise StageError(f"dm-verity refused the root on {self.data_path} with hash tree "
+                         f"{self.hash_path}: the root hash does not match "
+                         f"({mapped.device.name}: {mapped.device.error})",
+                         "the image or roothash= was changed; boot a good image",
+                         security=True)
 
     def missing(self, loop: Assembly) -> list[str]:
         if self.opened:
