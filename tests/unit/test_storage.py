@@ -139,3 +139,154 @@ def test_the_forked_reader_reads_and_gives_up_on_a_device_that_never_answers(
         assert len(reader.abandoned) == 1
     finally:
         reader.close()
+
+
+# --------------------------------------------------------------------------
+# handlers, with the tools' replies scripted by the in-memory machine
+
+LUKS_UUID = "5e0c4a3b-7d1f-4c2e-9a8b-6f5e4d3c2b1a"
+
+
+def luks_header(uuid: str = LUKS_UUID) -> bytes:
+    head = bytearray(1 << 20)
+    head[0:6] = b"LUKS\xba\xbe"
+    head[6:8] = (1).to_bytes(2, "big")
+    head[168:168 + len(uuid)] = uuid.encode()
+    return bytes(head)
+
+
+def storage_machine(cmdline: str, disks: dict[str, bytes], tools: dict[str, str],
+                    inner: bytes | None = None) -> tuple[object, list[tuple[str, ...]]]:
+    from initium.plan import Plan, StageEntry
+
+    m = root_machine(cmdline, disks)
+    m.plan = m.ctx.plan = Plan("6.1.0-test", (StageEntry("storage", "x:y", {"tools": tools}),))
+    from initium.stages.storage import Storage
+
+    m.ctx.stage_options = Storage.options
+    from initium.cmdline import parse
+
+    m.ctx.set_cmdline(parse(cmdline))
+    spawned: list[tuple[str, ...]] = []
+
+    def tool(sys: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, ops.Spawn):
+            spawned.append(op.argv)
+            if op.argv[1] == "open" and inner is not None:
+                sys.files.update(disk("dm-0", inner, 99))
+                sys.files["/sys/block/dm-0/dm/name"] = op.argv[-1].encode()
+                sys.files["/sys/block/dm-0/dm/uuid"] = b"CRYPT-LUKS2-x\n"
+
+    m.sys.on_apply = tool
+    m.ctx.stage = "storage"
+    return m, spawned
+
+
+def test_crypt_opens_the_named_volume_with_its_key_file(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, spawned = storage_machine(
+        f"root=UUID={ROOT_UUID} rd.luks.uuid=luks-{LUKS_UUID} rd.luks.key=/etc/keys/k",
+        {"vda": luks_header()}, {"luks": "/usr/sbin/cryptsetup"}, images["root"])
+    m.sys.files["/etc/keys/k"] = b"secret"  # type: ignore[attr-defined]
+    Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert spawned == [("/usr/sbin/cryptsetup", "open", "--type", "luks", "--key-file",
+                        "/etc/keys/k", "/dev/vda", f"luks-{LUKS_UUID}")]
+    Root().run(m.ctx)  # type: ignore[attr-defined]
+    assert m.ctx.state.root_device == "/dev/dm-0"  # type: ignore[attr-defined]
+
+
+def test_crypt_leaves_a_volume_nobody_named_closed(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    other = "0f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0"
+    m, spawned = storage_machine(f"root=UUID={ROOT_UUID} rd.luks.uuid={other} rd.timeout=1",
+                                 {"vda": luks_header()}, {"luks": "/usr/sbin/cryptsetup"},
+                                 images["root"])
+    with pytest.raises(StageError) as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert spawned == []
+    assert (f"seen: vda (crypto_LUKS UUID={LUKS_UUID}; LUKS volume, left closed: "
+            "rd.luks.uuid= names another)") in info.value.cause
+    assert f"also missing: LUKS volume UUID={other} (rd.luks.uuid=)" in info.value.cause
+
+
+def test_crypt_wrong_key_is_one_security_failure(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, _ = storage_machine(f"root=UUID={ROOT_UUID} rd.luks.key=/k",
+                                 {"vda": luks_header()}, {"luks": "/usr/sbin/cryptsetup"})
+    m.sys.files["/k"] = b"wrong"  # type: ignore[attr-defined]
+    m.sys.spawn_status = 2  # type: ignore[attr-defined]
+    with pytest.raises(StageError) as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert info.value.security
+    assert info.value.cause == (f"cannot open /dev/vda (LUKS UUID={LUKS_UUID}) with key file "
+                                "/k: no key available with this passphrase or key file")
+
+
+def test_crypt_without_a_key_asks_on_the_console(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, _ = storage_machine(f"root=UUID={ROOT_UUID}", {"vda": luks_header()},
+                           {"luks": "/usr/sbin/cryptsetup"}, images["root"])
+    Storage().run(m.ctx)  # type: ignore[attr-defined]
+    (spawn,) = [op for op in m.sys.applied if isinstance(op, ops.Spawn)]  # type: ignore[attr-defined]
+    assert spawn.console and "--tries" in spawn.argv and spawn.argv[-2:] == (
+        "/dev/vda", f"luks-{LUKS_UUID}")
+    assert f"asking for the passphrase of /dev/vda (LUKS UUID={LUKS_UUID})" in m.text  # type: ignore[attr-defined]
+
+
+def test_crypttab_parser() -> None:
+    from initium.storage.crypt import CryptError, open_flags, parse_crypttab
+
+    tab = parse_crypttab("# comment\n\nroot UUID=abc /etc/k discard,tries=5,bogus\nswap /dev/x -\n")
+    assert [(t.name, t.device, t.keyfile) for t in tab] == [("root", "UUID=abc", "/etc/k"),
+                                                            ("swap", "/dev/x", None)]
+    assert open_flags(tab[0].options) == (["--allow-discards"], 5, ["bogus"])
+    with pytest.raises(CryptError, match="line 1: expected 2 to 4 fields"):
+        parse_crypttab("lonely\n")
+    with pytest.raises(CryptError, match="not a device name"):
+        parse_crypttab("../x /dev/vda\n")
+
+
+def test_lvm_activates_named_lvs_and_waits_for_them(images: dict[str, bytes]) -> None:  # noqa: F811
+    import struct
+    import zlib
+
+    from initium.stages.storage import Storage
+
+    pv = bytearray(1 << 20)
+    label = bytearray(512)
+    label[0:8] = b"LABELONE"
+    struct.pack_into("<QII", label, 8, 1, 0, 32)
+    label[24:32] = b"LVM2 001"
+    label[32:64] = b"abcdefABCDEF0123456789ghijklmnop"
+    struct.pack_into("<I", label, 16, zlib.crc32(bytes(label[20:]), 0xF597A6CF ^ 0xFFFFFFFF)
+                     ^ 0xFFFFFFFF)
+    pv[512:1024] = label
+    m, spawned = storage_machine("root=/dev/vg0/root rd.lvm.lv=vg0/root rd.timeout=1",
+                                 {"vda": bytes(pv)}, {"lvm": "/usr/sbin/lvm"})
+    try:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    except StageError as err:
+        assert "LVM volume vg0/root (rd.lvm.lv=)" in err.cause
+    else:
+        raise AssertionError("nothing made /dev/vg0/root, yet the loop ended")
+    assert all(argv[:3] == ("/usr/sbin/lvm", "lvchange", "-ay") and argv[-1] == "vg0/root"
+               for argv in spawned) and spawned
+
+
+def test_verity_needs_its_devices_and_a_hex_hash() -> None:
+    from initium.stages.storage import Storage
+
+    m, _ = storage_machine("roothash=xyz", {}, {"verity": "/usr/sbin/veritysetup"})
+    with pytest.raises(StageError, match="not a hex digest") as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert info.value.security
+    m, _ = storage_machine("roothash=" + "ab" * 32, {}, {"verity": "/usr/sbin/veritysetup"})
+    with pytest.raises(StageError, match=r"needs systemd\.verity_root_data="):
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    m, _ = storage_machine("roothash=" + "ab" * 32, {}, {})
+    with pytest.raises(StageError, match="no dm-verity support"):
+        Storage().run(m.ctx)  # type: ignore[attr-defined]

@@ -98,8 +98,8 @@ def test_verity_root_with_a_wrong_hash_refuses_to_boot(
 
     bad = run(f"{base} roothash={wrong}")
     assert "INITIUM-ROOT-INIT" not in bad, "a wrong root hash booted"
-    assert re.search(r"dm-verity refused the root on /dev/vda with hash tree /dev/vdb: the root hash "
-                     r"does not match", bad), bad[-3000:]
+    assert re.search(r"dm-verity refused the root on /dev/vda with hash tree /dev/vdb: "
+                     r"the root hash does not match", bad), bad[-3000:]
     assert re.search(POWER_DOWN, bad)
     good = run(f"{base} roothash={roothash}")
     _booted(good)
