@@ -22,6 +22,8 @@ from initium.rootspec import RootSpec
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from initium.system import System
 
 # A machine with more block devices than this is not waiting for its root
@@ -41,6 +43,9 @@ class BlockDevice:
     devno: tuple[int, int] | None = None
     disk: str | None = None  # the whole disk of a partition
     number: int | None = None  # the partition number
+    # Other names of the device: /dev/mapper/NAME and /dev/VG/LV for
+    # device-mapper devices (what udev's links would be).
+    aliases: tuple[str, ...] = ()
 
     @property
     def usage(self) -> str | None:
@@ -73,7 +78,7 @@ class BlockDevice:
         same disk, as the kernel's root= does.
         """
         if spec.kind == "path":
-            return spec.value == self.path and self.error != EMPTY
+            return (spec.value == self.path or spec.value in self.aliases) and self.error != EMPTY
         if spec.kind == "devno":
             return self.devno is not None and self.devno == spec.devno
         if spec.kind == "uuid":
@@ -97,11 +102,34 @@ def parse_devno(text: str) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
-class Scanner:
-    """Probes each device once; a device that was unreadable is tried again next scan."""
+def dm_aliases(name: str, uuid: str) -> tuple[str, ...]:
+    """The /dev names udev would give a device-mapper device called ``name``.
 
-    def __init__(self, sys: System) -> None:
+    LVM names its devices VG-LV with every dash inside VG or LV doubled,
+    and gives them a ``LVM-`` dm UUID; those also get /dev/VG/LV.
+    """
+    if not name or "/" in name or name in (".", ".."):
+        return ()
+    found = [f"/dev/mapper/{name}"]
+    if uuid.startswith("LVM-"):
+        marker = name.replace("--", "\0")
+        vg, dash, lv = marker.partition("-")
+        if dash and vg and lv:
+            found.append(f"/dev/{vg.replace(chr(0), '-')}/{lv.replace(chr(0), '-')}")
+    return tuple(found)
+
+
+class Scanner:
+    """Probes each device once; a device that was unreadable is tried again next scan.
+
+    ``read`` reads a device (path, offset, length); the storage loop hands in
+    one that gives up on a device that does not answer in time.
+    """
+
+    def __init__(self, sys: System,
+                 read: Callable[[str, int, int], bytes] | None = None) -> None:
         self.sys = sys
+        self.read = read or sys.read_at
         self.known: dict[str, BlockDevice] = {}
         self.tables: dict[str, PartitionTable | None] = {}
 
@@ -132,18 +160,25 @@ class Scanner:
             error = EMPTY
         else:
             try:
-                fs = probe_filesystem(lambda o, n: self.sys.read_at(path, o, n), size,
+                fs = probe_filesystem(lambda o, n: self.read(path, o, n), size,
                                       partition=number is not None, disk_table=table)
             except (OSError, ProbeError, ValueError) as err:
                 error = str(err)
-        return BlockDevice(name, path, fs, part[0], part[1], error, devno, disk, number)
+        return BlockDevice(name, path, fs, part[0], part[1], error, devno, disk, number,
+                           self._aliases(name, sysdir))
+
+    def _aliases(self, name: str, sysdir: str) -> tuple[str, ...]:
+        if name.startswith("dm-"):
+            return dm_aliases(self._number(f"{sysdir}/dm/name", 256) or "",
+                              self._number(f"{sysdir}/dm/uuid", 256) or "")
+        return ()
 
     def _table(self, disk: str, sysdir: str) -> PartitionTable | None:
         """The disk's partition table, read once it was read without error."""
         if disk in self.tables:
             return self.tables[disk]
         try:
-            table = probe_partitions(lambda o, n: self.sys.read_at(f"/dev/{disk}", o, n),
+            table = probe_partitions(lambda o, n: self.read(f"/dev/{disk}", o, n),
                                      self._size(sysdir), self._sector_size(disk))
         except (OSError, ProbeError, ValueError):
             return None  # not cached: a transient read error is tried again next scan

@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima digest")
     build.add_argument("--ima-sign-key", metavar="PEM",
                        help="give every file a security.ima signature made with this key")
+    build.add_argument("--storage", metavar="KINDS",
+                       help="storage handlers: luks,lvm,md,verity (comma separated), auto "
+                            "(what this host's root needs) or none")
+    build.add_argument("--include", nargs=2, action="append", default=[],
+                       metavar=("SRC", "DST"),
+                       help="add host file SRC as DST in the image (mode 0400); repeatable")
     build.add_argument("--kernel-xattr-list", action="store_true", default=None,
                        help="also write .xattr-list for kernels with the in-kernel xattr patch")
     build.add_argument("--selinux-policy", metavar="DIR",
@@ -64,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
                             "or 'none' (default: the host's configured policy)")
     build.add_argument("--interpreter", choices=("host", "static"),
                        help="host: this host's Python and its libraries; static: one static "
-                            "ELF built from CPython's source and cached (default: host)")
+                            "ELF built from CPython's source and cached (default: static)")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -100,10 +106,11 @@ class UserError(Exception):
 def _build(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from initium.packaging.config import load_config
+    from initium.packaging.config import include_entry, load_config
     from initium.packaging.image import build_image, manifest_bytes
     from initium.packaging.kernel import default_kver
     from initium.packaging.stages import load_stages
+    from initium.packaging.storage import resolve_storage
 
     started = time.monotonic()
     config = load_config(args.config)
@@ -126,14 +133,24 @@ def _build(args: argparse.Namespace) -> int:
             else os.path.abspath(args.selinux_policy)
     if args.interpreter:
         overrides["interpreter_kind"] = args.interpreter
-    config = replace(config, **overrides)
+    if args.storage:
+        overrides["storage"] = tuple(w for w in args.storage.split(",") if w)
+    try:
+        if args.include:
+            overrides["include"] = (*config.include,
+                                    *(include_entry(os.path.abspath(src), dst)
+                                      for src, dst in args.include))
+        config = replace(config, **overrides)
+        config = replace(config, storage=resolve_storage(config.storage))
+    except ValueError as err:
+        raise UserError(str(err)) from None
     kver = config.kver or default_kver()
     epoch_env = os.environ.get("SOURCE_DATE_EPOCH")
     try:
         mtime = int(epoch_env) if epoch_env else (config.source_date_epoch or 0)
     except ValueError:
         raise UserError(f"SOURCE_DATE_EPOCH={epoch_env!r} is not an integer") from None
-    image, manifest, plan = build_image(config, kver, load_stages(config.stages), mtime)
+    image, manifest, plan = build_image(config, kver, load_stages(config.all_stages), mtime)
     _write_atomically(args.output, image)
     _write_atomically(args.output + ".manifest.json", manifest_bytes(manifest))
     parts = ", ".join(f"{c['name']} {c['length']} ({c['compression']})"

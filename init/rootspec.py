@@ -87,7 +87,8 @@ def _devno(text: str) -> tuple[int, int] | None:
     return pair
 
 
-def parse_root_spec(text: str) -> RootSpec:
+def parse_root_spec(text: str, *, device_mapper: bool = False) -> RootSpec:
+    """``device_mapper``: the image can make /dev/mapper devices (the storage stage)."""
     for prefix, kind in _PREFIXES.items():
         if text.startswith(prefix):
             value = text[len(prefix):]
@@ -107,7 +108,7 @@ def parse_root_spec(text: str) -> RootSpec:
             value = _udev_unescape(text[len(directory):])
             return RootSpec(kind, value)
     for prefix, need in _NEEDS_MORE:
-        if text.startswith(prefix):
+        if text.startswith(prefix) and not (device_mapper and prefix == "/dev/mapper/"):
             raise RootSpecError(f"root={text}: {need}; use UUID=, LABEL=, PARTUUID= or "
                                 "PARTLABEL= instead")
     if text.startswith("/dev/") and len(text) > 5:

@@ -50,10 +50,18 @@ class BuildConfig:
     xattr_tmpfs_move: bool = True
     selinux_policy: str | None = None  # None: the host's configured policy; "none": no policy
     selinux_mode: str = "kernel"
+    storage: tuple[str, ...] = ()  # handler kinds; "auto" is expanded by the builder
+    include: tuple[tuple[str, str, int], ...] = ()  # (host source, image target, mode)
 
     @property
     def required_modules(self) -> list[str]:
         return list(dict.fromkeys((*(self.modules or ()), *self.add_modules)))
+
+    @property
+    def all_stages(self) -> tuple[str, ...]:
+        """The extra stages, with the storage stage when handlers are selected."""
+        wanted = [k for k in self.storage if k != "none"]
+        return (*self.stages, "initium.stages.storage:Storage") if wanted else self.stages
 
     @property
     def optional_modules(self) -> list[str]:
@@ -109,6 +117,52 @@ def _policy_dir(value: Any) -> str:
     if value == "none":
         return "none"
     return _path(value)
+
+
+STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "auto", "none")
+INCLUDE_MODE = 0o400
+
+
+def _storage(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if name not in STORAGE_CHOICES:
+            raise ValueError(f"must name among {', '.join(STORAGE_CHOICES)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _mode(value: Any) -> int:
+    if isinstance(value, str):
+        try:
+            value = int(value, 8)
+        except ValueError:
+            raise ValueError(f"mode {value!r} is not octal") from None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise ValueError("mode must be an octal string such as \"0400\" or 0 to 4095")
+    return value
+
+
+def include_entry(source: str, target: str, mode: int = INCLUDE_MODE) -> tuple[str, str, int]:
+    if not source.startswith("/") or not target.startswith("/"):
+        raise ValueError("source and target must be absolute paths")
+    parts = target.split("/")[1:]
+    if any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"target {target!r} is not a plain path")
+    return source, target, mode
+
+
+def _includes(value: Any) -> tuple[tuple[str, str, int], ...]:
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise ValueError("must be an array of tables ([[include]])")
+    found = []
+    for table in value:
+        unknown = set(table) - {"source", "target", "mode"}
+        if unknown or not isinstance(table.get("source"), str) \
+                or not isinstance(table.get("target"), str):
+            raise ValueError("each [[include]] needs source and target (and may give mode)")
+        found.append(include_entry(table["source"], table["target"],
+                                   _mode(table.get("mode", INCLUDE_MODE))))
+    return tuple(found)
 
 
 def _text(value: Any) -> str:
@@ -168,6 +222,14 @@ SETTINGS: tuple[Setting, ...] = (
             "--ima-sign-key"),
     Setting("ima_hash", _choice(IMA_HASHES), "Hash algorithm of the IMA digests and "
             "signatures.", ""),
+    Setting("storage", _storage, "Storage handlers to put in the image, each with its tool, "
+            "libraries and kernel modules: luks (cryptsetup), lvm (lvm), md (mdadm), verity "
+            "(veritysetup); auto: what this host's own root needs; none (the default): no "
+            "storage stage at all. On the command line a comma-separated list.", "--storage"),
+    Setting("include", _includes, "Files to add to the image, as [[include]] tables with "
+            "source (host path), target (image path) and mode (octal string, default "
+            "\"0400\": fit for key files, which the manifest lists by digest only, never "
+            "by content).", "--include SRC DST"),
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),

@@ -23,7 +23,7 @@ from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
-from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
+from .kmodules import ModuleFile, modprobe_options, modules_dep_subset, resolve_modules
 from .selinux import attach_selinux
 from .xattrs import attach_xattrs
 
@@ -56,6 +56,7 @@ class ImageBuilder:
         self.components = {name: Component(name, name != "early") for name in COMPONENTS}
         self.current = "core"
         self.sources: dict[str, str] = {}  # image path -> the host file it was copied from
+        self.module_files: list[ModuleFile] = []  # every module added so far
         # Merged /usr: /lib, /bin … are symlinks into usr/ on the host and in the
         # image, so every path is stored under its usr/ name; a component that
         # mentioned "lib/modules" would otherwise carry a "lib" directory that
@@ -93,8 +94,13 @@ class ImageBuilder:
                 entry["params"] = module.params
             loaded.append(entry)
         if files:
-            self._put(Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
-                            modules_dep_subset(self.kver, files).encode()), "modules")
+            # Two stages may add modules (modules, storage): the list covers them all.
+            known = {m.image_path for m in self.module_files}
+            self.module_files += [m for m in files if m.image_path not in known]
+            dep = Entry(f"lib/modules/{self.kver}/modules.dep", stat.S_IFREG | 0o644,
+                        modules_dep_subset(self.kver, self.module_files).encode())
+            self.components["modules"].entries.pop(self.canonical(dep.path).lstrip("/"), None)
+            self._put(dep, "modules")
         return loaded
 
     def option(self, name: str) -> Any:
@@ -128,6 +134,10 @@ class ImageBuilder:
                 source = f.read()
         self._put(Entry(path.lstrip("/"), stat.S_IFREG | mode, source), component)
 
+    def add_host_file(self, path: str, source: str, mode: int) -> None:
+        """A host file as it is (--include): a key file, a crypttab."""
+        self._put_host(path, source, mode)
+
     def add_symlink(self, path: str, target: str) -> None:
         self._put(Entry(path.lstrip("/"), stat.S_IFLNK | 0o777, target.encode()))
 
@@ -142,6 +152,10 @@ class ImageBuilder:
         for path, source in sorted(payload.files.items()):
             if isinstance(source, str):
                 real = os.path.realpath(source)
+                added = self.sources.get(self.canonical(path).lstrip("/"))
+                if added is not None and os.path.realpath(added) == real:
+                    first_path.setdefault(real, path)
+                    continue  # a stage's binary brought the same library already
                 if real in first_path:  # one host file wanted under two names: link it
                     self.add_symlink(path, os.path.relpath(first_path[real],
                                                            os.path.dirname(path)))
@@ -253,7 +267,7 @@ def plan_for_host(config: BuildConfig, kver: str) -> Plan:
     """The plan an image built here would carry, without building it (for dry runs)."""
     from .stages import load_stages
 
-    return _resolve(ImageBuilder(config, kver), load_stages(config.stages))[1]
+    return _resolve(ImageBuilder(config, kver), load_stages(config.all_stages))[1]
 
 
 def build_image(config: BuildConfig, kver: str, stages: list[Stage],
@@ -269,6 +283,11 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_payload(payload)
     if config.shell:
         builder.add_busybox()
+    for source, target, mode in config.include:
+        try:
+            builder.add_host_file(target, source, mode)
+        except OSError as err:
+            raise BuildError(f"--include {source}: {err.strerror}") from None
     builder.current = "policy"
     builder.add_file(PLAN_PATH, plan.to_bytes())
     if config.microcode:

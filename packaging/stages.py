@@ -7,7 +7,7 @@ from importlib.metadata import entry_points
 
 from initium.options import Option
 from initium.stage import Stage
-from initium.stages import DEFAULT_STAGES
+from initium.stages import DEFAULT_STAGES, OPTIONAL_STAGES
 
 ENTRY_POINT_GROUP = "initium.stages"
 
@@ -40,7 +40,7 @@ def load_stages(extra: tuple[str, ...] = ()) -> list[Stage]:
 
 def builtin_stages() -> list[Stage]:
     """The stages initium ships, without plugins: what the man page documents."""
-    return [_load(ref) for ref in DEFAULT_STAGES]
+    return [_load(ref) for ref in (*DEFAULT_STAGES, *OPTIONAL_STAGES)]
 
 
 def declared_options(stages: list[Stage]) -> list[Option]:

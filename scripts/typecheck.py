@@ -15,7 +15,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = {"initium": "init", "initium/probe": "init/probe", "initium/stages": "stages",
+PACKAGES = {"initium": "init", "initium/probe": "init/probe", "initium/storage": "init/storage",
+            "initium/stages": "stages",
             "initium/packaging": "packaging"}
 # Stubs of the static interpreter's builtin modules: top-level names, kept beside the core.
 TOP_LEVEL_STUBS = ("init/_initium.pyi",)

@@ -16,3 +16,6 @@ DEFAULT_STAGES = (
     "initium.stages.root:Root",
     "initium.stages.switch_root:SwitchRoot",
 )
+
+# In an image only when the build asks for them (initium build --storage).
+OPTIONAL_STAGES = ("initium.stages.storage:Storage",)

@@ -54,31 +54,36 @@ class Modules(Stage):
             raise StageError(f"this image was built for kernel {ctx.plan.kver}, "
                              f"but {release} is running",
                              f"rebuild the image with: initium build --kver {release}")
-        from_cmdline = cmdline_module_params((p.raw_key, p.value) for p in ctx.cmdline)
-        for item in ctx.data().get("modules", []):
-            name, path = str(item["name"]), str(item["path"])
-            required = item.get("required", True) is not False
-            if ctx.sys.exists(f"/sys/module/{name}"):
-                ctx.debug(f"{name} is already loaded")
-                continue
-            if not ctx.sys.exists(path):
-                raise StageError(f"module {name} is missing: no {path} in the image",
-                                 "rebuild the image; was it modified after the build?")
-            params = " ".join(filter(None, [str(item.get("params", "")),
-                                            *from_cmdline.get(name, [])]))
-            try:
-                ctx.sys.apply(ops.LoadModule(name, path, params))
-            except OSError as err:
-                if err.errno == errno.EEXIST:
-                    continue
-                if required and err.errno not in _NO_HARDWARE:
-                    raise StageError(
-                        f"the kernel rejected module {name}: {_errno_name(err.errno)} "
-                        f"({err.strerror})" + (f" with parameters {params!r}" if params else ""),
-                        _HINTS.get(err.errno or 0, "dmesg says why")) from None
-                ctx.warn(f"cannot load {name}: {_errno_name(err.errno)} ({err.strerror}), "
-                         "ignoring" + ("" if required else " (optional)"))
-                continue
-            ctx.state.loaded_modules.append(name)
+        load_modules(ctx, ctx.data().get("modules", []))
         if ctx.state.loaded_modules:
             ctx.log(f"loaded {', '.join(ctx.state.loaded_modules)}")
+
+
+def load_modules(ctx: BootContext, items: list[JSON]) -> None:
+    """Load the planned modules in order; another stage (storage) loads its own this way."""
+    from_cmdline = cmdline_module_params((p.raw_key, p.value) for p in ctx.cmdline)
+    for item in items:
+        name, path = str(item["name"]), str(item["path"])
+        required = item.get("required", True) is not False
+        if ctx.sys.exists(f"/sys/module/{name}"):
+            ctx.debug(f"{name} is already loaded")
+            continue
+        if not ctx.sys.exists(path):
+            raise StageError(f"module {name} is missing: no {path} in the image",
+                             "rebuild the image; was it modified after the build?")
+        params = " ".join(filter(None, [str(item.get("params", "")),
+                                        *from_cmdline.get(name, [])]))
+        try:
+            ctx.sys.apply(ops.LoadModule(name, path, params))
+        except OSError as err:
+            if err.errno == errno.EEXIST:
+                continue
+            if required and err.errno not in _NO_HARDWARE:
+                raise StageError(
+                    f"the kernel rejected module {name}: {_errno_name(err.errno)} "
+                    f"({err.strerror})" + (f" with parameters {params!r}" if params else ""),
+                    _HINTS.get(err.errno or 0, "dmesg says why")) from None
+            ctx.warn(f"cannot load {name}: {_errno_name(err.errno)} ({err.strerror}), "
+                     "ignoring" + ("" if required else " (optional)"))
+            continue
+        ctx.state.loaded_modules.append(name)

@@ -1,5 +1,9 @@
 """Find the device ``root=`` names, wait for it within bounds, and mount it.
 
+The device comes from the storage registry (initium.storage): a plain
+disk is found there as before, and a root on LUKS, LVM or md once the
+storage stage's handlers have opened it.
+
 A device whose probe finds a container (LUKS, an LVM2 or RAID member, swap,
 an external journal) is reported as that container with the option that
 would open it, never as a file system the kernel cannot mount.  A file
@@ -13,16 +17,16 @@ from __future__ import annotations
 import math
 
 from initium import linux, ops
-from initium.blockdev import BlockDevice, Scanner
+from initium.blockdev import BlockDevice
 from initium.mounts import parse_mount_options
 from initium.options import BootOptions
 from initium.probe import printable
 from initium.record import replace
 from initium.rootspec import RootSpec, RootSpecError, parse_root_spec
 from initium.stage import BootContext, Stage, StageError
+from initium.storage.loop import Assembly
 
 DEFAULT_WAIT = 30.0
-POLL_INTERVAL = 0.05
 # Modules that provide a file system under another name than the type.
 _FS_MODULES = {"vfat": ("vfat", "fat"), "ext2": ("ext4", "ext2"), "ext3": ("ext4", "ext3")}
 
@@ -43,6 +47,15 @@ def wait_budget(options: BootOptions) -> float:
     if options.rd_timeout:
         budget = min(budget, options.rd_timeout)
     return budget
+
+
+def assembly(ctx: BootContext) -> Assembly:
+    """The storage loop of this boot: the storage stage's, or a bare one (no handlers)."""
+    found = ctx.state.get(Assembly)
+    if found is None:
+        found = Assembly(ctx)
+        ctx.state.put(found)
+    return found
 
 
 # What opens each container, in the words of dracut and systemd's options.
@@ -73,26 +86,18 @@ def container_error(spec: RootSpec, device: BlockDevice) -> StageError | None:
                       hint.format(uuid=uuid))
 
 
-def _hint(spec: RootSpec, seen: list[BlockDevice]) -> str:
-    if not seen:
-        return ("no block devices at all: is the disk driver in the image "
-                "(initium build --module virtio_blk, nvme, ahci …)?")
-    if spec.kind == "path":
-        return "check the device name, or use root=UUID=… which does not depend on probe order"
-    return f"check {spec.kind.upper()}= against the devices seen (blkid on a running system)"
-
-
 class Root(Stage):
     name = "root"
     after = ("modules", "console")
 
     def run(self, ctx: BootContext) -> None:
-        text = ctx.options.root
+        loop = assembly(ctx)
+        text = ctx.options.root or loop.default_root
         if text is None:
             raise StageError("no root= on the kernel command line",
                              "add root=UUID=… (or LABEL=, PARTUUID=, /dev/…)")
         try:
-            spec = parse_root_spec(text)
+            spec = parse_root_spec(text, device_mapper=bool(loop.handlers))
         except RootSpecError as err:
             raise StageError(str(err), "fix root= on the kernel command line") from None
         device = self._wait(ctx, spec)
@@ -103,26 +108,11 @@ class Root(Stage):
         self._mount(ctx, device)
 
     def _wait(self, ctx: BootContext, spec: RootSpec) -> BlockDevice:
-        budget = wait_budget(ctx.options)
-        scanner = Scanner(ctx.sys)
-        start = ctx.sys.monotonic()
-        announced = False
-        while True:
-            seen = scanner.scan()
-            for device in seen:
-                if device.matches(spec, seen):
-                    ctx.log(f"found {spec}: {device.summary()}")
-                    return device
-            waited = ctx.sys.monotonic() - start
-            if waited >= budget:
-                listing = ", ".join(d.summary() for d in seen) or "no block devices"
-                raise StageError(f"no block device with {spec} after {waited:.1f} s; "
-                                 f"seen: {listing}", _hint(spec, seen))
-            if not announced:
-                bound = "no time limit" if math.isinf(budget) else f"up to {budget:g} s"
-                ctx.log(f"waiting for {spec} ({bound})")
-                announced = True
-            ctx.sys.sleep(min(POLL_INTERVAL, max(budget - waited, 0.0)))
+        """The device ``spec`` names, from the storage registry (made here when no stage did)."""
+        device = assembly(ctx).wait(spec, wait_budget(ctx.options))
+        if device is None:  # wait() returns only once spec's device is there
+            raise StageError(f"no block device with {spec}")
+        return device
 
     def _mount(self, ctx: BootContext, device: BlockDevice) -> None:
         fstype = ctx.options.rootfstype or (device.fs.fstype if device.fs else None)

@@ -1,0 +1,107 @@
+"""Roots on LUKS2, LVM, md RAID1 and dm-verity, assembled by the storage stage in QEMU.
+
+Each scenario that must boot asserts the root's own init marker; each that
+must not asserts the message and that the machine went down.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from tests.vm import storage_disks as sd
+from tests.vm.conftest import POWER_DOWN, BootFn, _build
+
+pytestmark = pytest.mark.vm
+
+
+def _booted(output: str) -> None:
+    assert re.search(r"INITIUM-ROOT-INIT pid=1 ", output), output[-4000:]
+
+
+@pytest.fixture(scope="module")
+def luks_image(kver: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    tmp = tmp_path_factory.mktemp("luks-image")
+    key = tmp / "root.key"
+    key.write_bytes(sd.KEY)
+    return _build(str(tmp), kver, "--storage", "luks", "--include", str(key),
+                  "/etc/keys/root.key")
+
+
+def test_luks2_root_with_a_key_file_in_the_image(boot: BootFn, kver: str,
+                                                 luks_image: str) -> None:
+    disk = sd.luks_disk(kver)
+    result = boot(luks_image, disk, f"root=UUID={sd.INNER_UUID} rd.luks.uuid={sd.LUKS_UUID} "
+                  "rd.luks.key=/etc/keys/root.key")
+    _booted(result.output)
+    assert result.has(rf"LUKS volume, opened as /dev/mapper/luks-{sd.LUKS_UUID}|"
+                      rf"found UUID={sd.INNER_UUID}: dm-0")
+
+
+def test_a_luks_volume_other_than_the_one_named_never_boots(boot: BootFn, kver: str,
+                                                            luks_image: str) -> None:
+    disk = sd.luks_disk(kver)
+    result = boot(luks_image, disk, f"root=UUID={sd.INNER_UUID} "
+                  f"rd.luks.uuid={sd.OTHER_LUKS_UUID} rd.luks.key=/etc/keys/root.key "
+                  "rd.timeout=4")
+    assert not result.has("INITIUM-ROOT-INIT"), "a volume nobody named was opened"
+    assert result.has(rf"no block device with UUID={sd.INNER_UUID} after 4\.\d s; seen: "
+                      rf"vda \(crypto_LUKS UUID={sd.LUKS_UUID}; LUKS volume, left closed: "
+                      r"rd.luks.uuid= names another\)"), result.output[-3000:]
+    assert result.has(rf"also missing: LUKS volume UUID={sd.OTHER_LUKS_UUID}")
+    assert result.has(POWER_DOWN)
+
+
+def test_lvm_logical_volume_root(boot: BootFn, kver: str,
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    image = _build(str(tmp_path_factory.mktemp("lvm-image")), kver, "--storage", "lvm")
+    result = boot(image, sd.lvm_disk(kver), "root=/dev/vg0/root rd.lvm.lv=vg0/root")
+    _booted(result.output)
+    assert result.has(r"found /dev/vg0/root: dm-0")
+
+
+def test_md_raid1_root(kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from initium import process
+    from initium.packaging.kernel import kernel_image
+    from initium.packaging.qemu import boot_argv
+
+    image = _build(str(tmp_path_factory.mktemp("md-image")), kver, "--storage", "md")
+    a, b = sd.md_disks(kver)
+    argv = boot_argv(image, disks=[a, b], append=f"root=UUID={sd.MD_ROOT_UUID}",
+                     kernel=kernel_image(kver))
+    output, _ = process.watch(argv, done=lambda t: re.search(POWER_DOWN, t) is not None,
+                              timeout=180)
+    _booted(output)
+    assert re.search(rf"found UUID={sd.MD_ROOT_UUID}: md\d+", output), output[-3000:]
+
+
+def test_verity_root_with_a_wrong_hash_refuses_to_boot(
+        kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from initium import process
+    from initium.packaging.kernel import kernel_image
+    from initium.packaging.qemu import boot_argv
+
+    tmp = tmp_path_factory.mktemp("verity")
+    image = _build(str(tmp), kver, "--storage", "verity")
+    data, tree, roothash = sd.verity_disks(str(tmp))
+    wrong = ("0" if roothash[0] != "0" else "1") + roothash[1:]
+    base = (f"root=UUID={sd.VERITY_ROOT_UUID} systemd.verity_root_data=/dev/vda "
+            "systemd.verity_root_hash=/dev/vdb")
+
+    def run(append: str) -> str:
+        argv = boot_argv(image, disks=[data, tree], append=append, kernel=kernel_image(kver))
+        output, _ = process.watch(argv, done=lambda t: re.search(POWER_DOWN, t) is not None,
+                                  timeout=180)
+        return output
+
+    bad = run(f"{base} roothash={wrong}")
+    assert "INITIUM-ROOT-INIT" not in bad, "a wrong root hash booted"
+    assert re.search(r"dm-verity refused the root on /dev/vda with hash tree /dev/vdb: "
+                     r"the root hash does not match", bad), bad[-3000:]
+    assert re.search(POWER_DOWN, bad)
+    good = run(f"{base} roothash={roothash}")
+    _booted(good)
+    assert re.search(rf"found UUID={sd.VERITY_ROOT_UUID}: dm-0", good), good[-3000:]
+    assert os.path.getsize(tree) > 0
