@@ -198,10 +198,14 @@ def _download(dest: str) -> str:
 
 
 @contextmanager
-def _locked(root: str) -> Iterator[None]:
-    """One build at a time per cache (parallel test sessions share it)."""
+def _locked(root: str, key: str) -> Iterator[None]:
+    """One build at a time per key (parallel test sessions share the cache).
+
+    Per key, so a build that finds its interpreter cached never waits for an
+    unrelated build of another key.
+    """
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, ".lock"), "w") as lock:
+    with open(os.path.join(root, f".lock-{key}"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -254,7 +258,9 @@ def ensure(*, jobs: int = 2, log: Callable[[str], None] | None = None) -> Static
                     compiler_version())
     final = os.path.join(root, key)
     entry = StaticPython(final, key, CPYTHON_VERSION)
-    with _locked(root):
+    if os.path.isfile(os.path.join(final, "info.json")):
+        return entry  # renamed into place complete: no lock needed to use it
+    with _locked(root, key):
         if os.path.isfile(os.path.join(final, "info.json")):
             return entry
         partial = os.path.join(root, f"{key}.partial")
