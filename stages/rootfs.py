@@ -182,7 +182,7 @@ def top_mounts(mounts: list[MountEntry], skip: str) -> list[str]:
 
 def move_wanted(names: list[str]) -> list[str]:
     """The attribute names a ramfs would refuse: the reason to move, or nothing."""
-    return [n for n in names if n != RAMFS_KEEPS]
+    return [n for n in names if n not in RAMFS_KEEPS]
 
 
 class Rootfs(Stage):
@@ -207,8 +207,8 @@ class Rootfs(Stage):
             return
         if not ctx.data().get("tmpfs_move", True):
             raise StageError(
-                f"the initramfs is on ramfs, which cannot keep {', '.join(refused)} "
-                f"(only {RAMFS_KEEPS}), and this image was built with xattr_tmpfs_move = false",
+                f"the initramfs is on ramfs, which cannot keep {', '.join(refused)} at this "
+                "point, and this image was built with xattr_tmpfs_move = false",
                 "rebuild with xattr_tmpfs_move = true (the default) in the configuration, or "
                 "without those attributes; or boot without root= (the kernel then unpacks "
                 "into a tmpfs)", security=enforcing)

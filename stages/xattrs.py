@@ -24,8 +24,13 @@ from initium.xattrlist import (
 )
 
 COMPONENTS = ("early", "core", "modules", "policy")  # the order the kernel unpacks them
-# The one attribute a ramfs keeps: the LSM holds it in memory (security_inode_setsecurity).
-RAMFS_KEEPS = "security.selinux"
+# What a ramfs keeps of the lists at this point of the boot: nothing. It has
+# no xattr handlers; security.* falls back to the LSM (vfs_setxattr ->
+# security_inode_setsecurity), and SELinux refuses that until a policy is
+# loaded and the superblock is labelled (SBLABEL_MNT). security.selinux
+# therefore goes on after the policy load, by the selinux stage, never in a
+# list applied before it; every list entry needs a tmpfs.
+RAMFS_KEEPS: frozenset[str] = frozenset()
 
 
 @record
@@ -59,10 +64,11 @@ class Xattrs(Stage):
             ctx.debug("no xattr lists in this image")
             return
         names = sorted({n for _, recs in lists for r in recs for n, _ in r.xattrs})
-        if ctx.sys.statfs_type("/") == linux.RAMFS_MAGIC and set(names) - {RAMFS_KEEPS}:
-            others = ", ".join(n for n in names if n != RAMFS_KEEPS)
+        if ctx.sys.statfs_type("/") == linux.RAMFS_MAGIC and set(names) - RAMFS_KEEPS:
+            others = ", ".join(n for n in names if n not in RAMFS_KEEPS)
             raise StageError(
-                f"the initramfs is on ramfs, which cannot keep {others} (only {RAMFS_KEEPS}); "
+                f"the initramfs is on ramfs, which cannot keep {others} before a policy is "
+                "loaded; "
                 "no xattrs were applied",
                 "kernel 6.1 unpacks into ramfs when root= is on its command line; the rootfs "
                 "stage moves the initramfs into a tmpfs first: build the image with it and "

@@ -86,13 +86,20 @@ def test_tmpfs_root_needs_no_move() -> None:
     assert sys.applied == []
 
 
-def test_ramfs_with_only_selinux_labels_stays() -> None:
+def test_ramfs_with_only_selinux_labels_moves_too() -> None:
+    """Before a policy is loaded SELinux refuses security.selinux on a ramfs (no SBLABEL_MNT)."""
     sys = machine(image([XattrRecord("init", (("security.selinux", LABEL),))]))
     ctx = context(sys)
     Rootfs().run(ctx)
-    assert sys.applied == []
+    assert sys.applied[0].describe() == f"mkdir {TMPFS_DIR} (mode 700)"
     parsed = ctx.state.get(ParsedLists)
     assert parsed is not None and parsed.lists[0][0] == "core"
+
+
+def test_ramfs_without_lists_stays() -> None:
+    sys = machine(image([]))
+    Rootfs().run(context(sys))
+    assert sys.applied == []
 
 
 def test_ramfs_with_ima_moves_then_xattrs_applies() -> None:

@@ -126,10 +126,10 @@ def test_failure_while_applying_reports_how_far_each_list_got() -> None:
         "and 1 of the 2 xattrs of /m2")
 
 
-def test_ramfs_keeps_only_selinux_labels() -> None:
-    sys, _ = run(lists(core=[XattrRecord("init", (("security.selinux", LABEL),))]),
-                 magic=linux.RAMFS_MAGIC)
-    assert len(set_ops(sys)) == 1
+def test_ramfs_keeps_no_label_before_a_policy_is_loaded() -> None:
+    with pytest.raises(StageError, match="cannot keep security.selinux before a policy"):
+        run(lists(core=[XattrRecord("init", (("security.selinux", LABEL),))]),
+            magic=linux.RAMFS_MAGIC)
 
 
 def test_ramfs_with_ima_stops_with_the_fix() -> None:
@@ -138,8 +138,8 @@ def test_ramfs_with_ima_stops_with_the_fix() -> None:
     with pytest.raises(StageError) as caught:
         run(files, magic=linux.RAMFS_MAGIC, cmdline="enforcing=1")
     err = caught.value
-    assert err.cause == ("the initramfs is on ramfs, which cannot keep security.ima (only "
-                         "security.selinux); no xattrs were applied")
+    assert err.cause == ("the initramfs is on ramfs, which cannot keep security.ima, "
+                         "security.selinux before a policy is loaded; no xattrs were applied")
     assert "root=" in err.hint and "tmpfs" in err.hint
     assert err.security
 
