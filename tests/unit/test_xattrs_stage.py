@@ -127,7 +127,7 @@ def test_failure_while_applying_reports_how_far_each_list_got() -> None:
 
 
 def test_ramfs_keeps_no_label_before_a_policy_is_loaded() -> None:
-    with pytest.raises(StageError, match="cannot keep security.selinux before a policy"):
+    with pytest.raises(StageError, match=r"cannot keep security\.selinux before a policy"):
         run(lists(core=[XattrRecord("init", (("security.selinux", LABEL),))]),
             magic=linux.RAMFS_MAGIC)
 
