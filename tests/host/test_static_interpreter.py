@@ -222,3 +222,61 @@ def test_the_cache_is_reused(interpreter: sp.StaticPython) -> None:
     before = os.stat(interpreter.python).st_mtime_ns
     assert sp.ensure() == interpreter
     assert os.stat(interpreter.python).st_mtime_ns == before
+
+
+# --- _initium.spawn: the spawner's prctl calls, in the child ----------------
+
+_STATUS_FIELDS = "^(CapBnd|CapAmb|NoNewPrivs):"
+
+
+def test_a_confined_helper_keeps_only_its_capabilities(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    code = ("from initium import process\n"
+            "mask = process.capability_mask([21, 1])\n"  # CAP_SYS_ADMIN, CAP_DAC_OVERRIDE
+            f"argv = ['/bin/grep', '-E', {_STATUS_FIELDS!r}, '/proc/self/status']\n"
+            "raise SystemExit(process.run(argv, no_new_privs=True, keep_caps=mask))\n")
+    done = _run([str(init), "-c", code])
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(":\t") for line in done.stdout.splitlines())
+    assert fields == {"CapBnd": "0000000000200002", "CapAmb": "0000000000000000",
+                      "NoNewPrivs": "1"}
+    # Unconfined, the same helper keeps the bounding set it inherited.
+    plain = _run([str(init), "-c", code.replace(", no_new_privs=True, keep_caps=mask", "")])
+    fields = dict(line.split(":\t") for line in plain.stdout.splitlines())
+    assert fields["NoNewPrivs"] == "0" and fields["CapBnd"] != "0000000000200002"
+
+
+@pytest.mark.parametrize("pdeathsig", [signal.SIGKILL, 0])
+def test_a_child_dies_with_its_parent(tmp_path: Path, init_bytes: bytes, pdeathsig: int) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    init = _install(tmp_path, init_bytes)
+    code = ("import _initium\n"
+            f"print(_initium.spawn('/bin/sleep', ['sleep', '30'], {{}}, pdeathsig={pdeathsig}))\n")
+    # A shell as the PID namespace's init adopts the orphan and leaves it be
+    # (the host's init may reap or kill orphans itself); the namespace ends with it.
+    # The pid goes through a file: a child holding a command substitution's
+    # pipe open was seen killed on its parent's exit either way.
+    script = ('"$0" -c "$1" >"$2" || exit 9; sleep 0.5; p=$(cat "$2"); '
+              'cut -d" " -f3 "/proc/$p/stat" 2>/dev/null || echo gone')
+    done = _run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, str(init),
+                 code, str(tmp_path / "pid")])
+    assert done.returncode == 0, done.stderr
+    # Killed: a zombie, or already reaped by the shell; alive: sleeping.
+    assert (done.stdout.strip() in ("Z", "gone")) == bool(pdeathsig), done.stdout
+
+
+def test_spawn_failures_say_where_the_child_stopped(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    code = ("import _initium, os\n"
+            "for path, actions in (('/nonexistent', ()),\n"
+            "                      ('/bin/true', [(0, 0, '/nonexistent/x', os.O_RDONLY, 0)])):\n"
+            "    try:\n"
+            "        _initium.spawn(path, [path], {}, actions)\n"
+            "    except OSError as err:\n"
+            "        print(type(err).__name__, err.filename, err.strerror)\n")
+    done = _run([str(init), "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "FileNotFoundError /nonexistent No such file or directory",
+        "FileNotFoundError None No such file or directory (file action)"]
