@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = {"initium": "init", "initium/probe": "init/probe", "initium/stages": "stages",
             "initium/packaging": "packaging"}
 # Stubs of the static interpreter's builtin modules: top-level names, kept beside the core.
-TOP_LEVEL_STUBS = ("init/_initium.pyi",)
+TOP_LEVEL_STUBS = ("init/_initium.pyi", "init/_selinux_min.pyi")
 
 
 def link_tree(dest: str) -> str:

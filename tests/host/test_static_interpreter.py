@@ -280,3 +280,35 @@ def test_spawn_failures_say_where_the_child_stopped(tmp_path: Path, init_bytes: 
     assert done.stdout.splitlines() == [
         "FileNotFoundError /nonexistent No such file or directory",
         "FileNotFoundError None No such file or directory (file action)"]
+
+
+# --- _selinux_min: libselinux's label lookup, linked in ----------------------
+
+FILE_CONTEXTS = ("/srv(/.*)?\tsystem_u:object_r:var_t:s0\n"
+                 "/srv/bin(/.*)?\t--\tsystem_u:object_r:bin_t:s0\n"
+                 "/etc/shadow\t--\tsystem_u:object_r:shadow_t:s0\n")
+
+
+def test_selabel_lookup_reads_a_file_contexts(tmp_path: Path, init_bytes: bytes) -> None:
+    """No policy loaded, validation off: selabel_open needs only the file."""
+    init = _install(tmp_path, init_bytes)
+    (tmp_path / "file_contexts").write_text(FILE_CONTEXTS)
+    code = ("import _selinux_min as se, stat, sys\n"
+            "labels = se.selabel_open(sys.argv[1])\n"
+            "for path, mode in (('/srv/www', 0), ('/srv/bin/sh', stat.S_IFREG),\n"
+            "                   ('/srv/bin', stat.S_IFDIR), ('/etc/shadow', stat.S_IFREG),\n"
+            "                   ('/usr/bin/env', stat.S_IFREG)):\n"
+            "    print(path, se.selabel_lookup(labels, path, mode))\n"
+            "try:\n"
+            "    se.selabel_open(sys.argv[1] + '.missing')\n"
+            "except FileNotFoundError as err:\n"
+            "    print('missing', err.filename == sys.argv[1] + '.missing')\n")
+    done = _run([str(init), "-c", code, str(tmp_path / "file_contexts")])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "/srv/www system_u:object_r:var_t:s0",
+        "/srv/bin/sh system_u:object_r:bin_t:s0",
+        "/srv/bin system_u:object_r:var_t:s0",  # the `--` rule is for regular files only
+        "/etc/shadow system_u:object_r:shadow_t:s0",
+        "/usr/bin/env None",
+        "missing True"]

@@ -39,7 +39,7 @@ def test_cache_key_is_stable_and_changes_with_every_input() -> None:
 
 
 def test_today_key_covers_the_recipe_files() -> None:
-    assert set(sp.recipe_contents()) == {"build.sh", "launcher.c", "_initium.c"}
+    assert set(sp.recipe_contents()) == {"build.sh", "launcher.c", "_initium.c", "_selinux_min.c"}
 
 
 def test_setup_local_makes_every_listed_module_static() -> None:
