@@ -312,3 +312,67 @@ def test_selabel_lookup_reads_a_file_contexts(tmp_path: Path, init_bytes: bytes)
         "/etc/shadow system_u:object_r:shadow_t:s0",
         "/usr/bin/env None",
         "missing True"]
+
+
+# --- pyroute2's rtnl messages in the static interpreter ----------------------
+
+LINK_DUMP = '''
+import socket, struct, sys
+sys.path.insert(0, sys.argv[1])
+before = set(sys.modules)
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE
+from pyroute2.netlink.rtnl import RTM_GETLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+loaded = set(sys.modules) - before
+with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+    sock.bind((0, 0))
+    request = ifinfmsg()
+    request["header"]["type"] = RTM_GETLINK
+    request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+    request["header"]["sequence_number"] = 1
+    request.encode()
+    sock.send(request.data)
+    names, done = [], False
+    while not done:
+        data = sock.recv(65536)
+        offset = 0
+        while offset < len(data) and not done:
+            length, kind = struct.unpack_from("=IH", data, offset)
+            done = kind == NLMSG_DONE
+            if not done:
+                message = ifinfmsg(data[offset:offset + length])
+                message.decode()
+                names.append(message.get_attr("IFLA_IFNAME"))
+            offset += length
+print(names)
+print(sorted(m for m in loaded if m.split(".")[0] in ("ssl", "sqlite3", "unittest", "asyncio")))
+'''
+
+
+def _pyroute2_tree(dest: Path) -> Path:
+    """pyroute2's subpackages under an empty package __init__ (its own imports everything)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.origin is None:
+        pytest.skip("pyroute2 not installed (pip install pyroute2)")
+    source = Path(spec.origin).parent
+    package = dest / "pyroute2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for entry in source.iterdir():
+        if entry.name not in ("__init__.py", "__pycache__"):
+            (package / entry.name).symlink_to(entry)
+    return dest
+
+
+def test_pyroute2_lists_links_in_a_network_namespace(
+        tmp_path: Path, interpreter: sp.StaticPython) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    tree = _pyroute2_tree(tmp_path / "site")
+    (tmp_path / "links.py").write_text(LINK_DUMP)
+    with sp.trace_interpreter(interpreter) as trace:
+        done = _run(["unshare", "--net", trace, str(tmp_path / "links.py"), str(tree)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['lo']", "[]"]
