@@ -233,17 +233,27 @@ class Spawn(Op):
     ``timeout`` None means as long as it takes (a shell). ``console``: the
     child gets the console's tty as its controlling terminal in a session of
     its own, so an emergency shell has job control and Ctrl-C.
+    ``no_new_privs`` and ``keep_caps`` (a bounding-set mask, see
+    process.capability_mask) confine a helper; process.run explains both.
     """
 
     argv: tuple[str, ...]
     timeout: float | None = 30.0
     console: bool = False
+    no_new_privs: bool = False
+    keep_caps: int | None = None
 
     def describe(self) -> str:
-        return "+ " + " ".join(self.argv)
+        confined = []
+        if self.no_new_privs:
+            confined.append("no_new_privs")
+        if self.keep_caps is not None:
+            confined.append(f"caps={self.keep_caps:#x}")
+        return "+ " + " ".join(self.argv) + (f"  [{', '.join(confined)}]" if confined else "")
 
     def perform(self, sys: System) -> int:
-        status = process.run(self.argv, timeout=self.timeout, console=self.console)
+        status = process.run(self.argv, timeout=self.timeout, console=self.console,
+                             no_new_privs=self.no_new_privs, keep_caps=self.keep_caps)
         if os.getpid() == 1:
             reap_orphans()
         return status

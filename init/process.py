@@ -13,7 +13,17 @@ import time
 
 TYPE_CHECKING = False  # typing's import cost is not paid at boot
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    import _initium
+
+    # posix_spawn's file actions: (OPEN, fd, path, flags, mode), (DUP2, fd, new), (CLOSE, fd)
+    _Action = tuple[int, ...] | tuple[int, int, str, int, int]
+else:
+    try:
+        import _initium  # the static interpreter's spawn: posix_spawn + prctl in the child
+    except ImportError:
+        _initium = None
 
 MINIMAL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
@@ -63,13 +73,46 @@ def console_tty() -> str:
     return f"/dev/{name}"
 
 
+def capability_mask(keep: Iterable[int]) -> int:
+    """The bounding-set mask ``run(keep_caps=...)`` takes: bit n keeps capability n."""
+    mask = 0
+    for cap in keep:
+        if not 0 <= cap < 64:
+            raise ValueError(f"capability {cap} out of range")
+        mask |= 1 << cap
+    return mask
+
+
+def _spawn(argv: Sequence[str], env: dict[str, str], actions: list[_Action], *, setsid: bool,
+           no_new_privs: bool, keep_caps: int | None) -> int:
+    """The child's pid; with ``_initium`` it also dies with us (PR_SET_PDEATHSIG)."""
+    if _initium is not None:
+        return _initium.spawn(argv[0], list(argv), env, actions, setsid=setsid,
+                              sigdefault=_DEFAULT_SIGNALS, pdeathsig=_signal.SIGKILL,
+                              no_new_privs=no_new_privs,
+                              keep_caps=-1 if keep_caps is None else keep_caps)
+    if no_new_privs or keep_caps is not None:
+        # Asked to confine a helper and unable to: never run it unconfined.
+        raise ProcessError(f"{argv[0]}: no_new_privs and a capability bounding set need "
+                           "the static interpreter's _initium.spawn")
+    return os.posix_spawn(argv[0], list(argv), env, file_actions=actions, setsid=setsid,
+                          setsigdef=_DEFAULT_SIGNALS)
+
+
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool = False,
         console: bool = False, log: Callable[[str], None] | None = None,
-        env: Mapping[str, str] | None = None) -> int:
+        env: Mapping[str, str] | None = None, no_new_privs: bool = False,
+        keep_caps: int | None = None) -> int:
     """Run a child with inherited stdout/stderr and return its exit status.
 
     Built on posix_spawn and waitpid rather than subprocess, which would
-    bring threading, selectors, locale and re into the init's image.
+    bring threading, selectors, locale and re into the init's image; in the
+    static interpreter on ``_initium.spawn``, a vfork+exec that also makes
+    the child die with its parent (PR_SET_PDEATHSIG) and can confine it:
+    ``no_new_privs`` (PR_SET_NO_NEW_PRIVS) and ``keep_caps`` (a
+    :func:`capability_mask`: every other capability leaves the bounding set,
+    the ambient set is cleared). Confinement asked for where ``_initium`` is
+    missing is an error, never silently skipped.
     ``argv[0]`` must be a path: PID 1 has no PATH worth searching.
 
     ``interactive`` shares our stdin/stdout/stderr (the builder's ``qemu``
@@ -80,7 +123,7 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
     """
     if log is not None:
         log("+ " + quote(argv))
-    actions: list[tuple[int, ...] | tuple[int, int, str, int, int]]
+    actions: list[_Action]
     if console:
         actions = [(os.POSIX_SPAWN_OPEN, 0, console_tty(), os.O_RDWR, 0),
                    (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
@@ -89,13 +132,14 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
     else:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
     try:
-        pid = os.posix_spawn(argv[0], list(argv), dict(env if env is not None else MINIMAL_ENV),
-                             file_actions=actions, setsid=not interactive,
-                             setsigdef=_DEFAULT_SIGNALS)
-    except FileNotFoundError:
-        raise ProcessError(f"{argv[0]}: not found") from None
-    except PermissionError:
-        raise ProcessError(f"{argv[0]}: not executable") from None
+        pid = _spawn(argv, dict(env if env is not None else MINIMAL_ENV), actions,
+                     setsid=not interactive, no_new_privs=no_new_privs, keep_caps=keep_caps)
+    except (FileNotFoundError, PermissionError) as err:
+        if err.filename is None and _initium is not None:
+            # The child stopped before its exec (a file action, the prctl calls): say where.
+            raise ProcessError(f"{argv[0]}: {err.strerror}") from None
+        what = "not found" if isinstance(err, FileNotFoundError) else "not executable"
+        raise ProcessError(f"{argv[0]}: {what}") from None
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from initium import process
 
 RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
-RECIPE_FILES = ("build.sh", "launcher.c", "_initium.c")
+RECIPE_FILES = ("build.sh", "launcher.c", "_initium.c", "_selinux_min.c")
 
 # The CPython release the static interpreter is built from, and the sha256 of
 # its source tarball: python.org's Python-3.11.2.tgz, which is also Debian
@@ -72,6 +72,9 @@ BUILTIN_MODULES: dict[str, str] = {
     "_socket": "socketmodule.c",             # netlink: uevents, pyroute2
     "array": "arraymodule.c",                # pyroute2, socket.recvmsg fds
     "_posixsubprocess": "_posixsubprocess.c",  # subprocess in the trace interpreter
+    # labels and policy for the security stages (ours); libselinux.a and
+    # libpcre2-8.a from libselinux1-dev and libpcre2-dev, no libsepol
+    "_selinux_min": "_selinux_min.c -lselinux -lpcre2-8",
 }
 # Left out on purpose (measured or judged not needed by the init): _ctypes
 # (cannot resolve libc symbols in a static ELF; _initium replaces it), _ssl

@@ -19,7 +19,7 @@ PACKAGES = {"initium": "init", "initium/probe": "init/probe", "initium/storage":
             "initium/stages": "stages",
             "initium/packaging": "packaging"}
 # Stubs of the static interpreter's builtin modules: top-level names, kept beside the core.
-TOP_LEVEL_STUBS = ("init/_initium.pyi",)
+TOP_LEVEL_STUBS = ("init/_initium.pyi", "init/_selinux_min.pyi")
 
 
 def link_tree(dest: str) -> str:

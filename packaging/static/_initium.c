@@ -12,12 +12,16 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
 #include <sys/reboot.h>
 #include <sys/statfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ioctl structures are small; the bound keeps a bad length from a caller
@@ -267,6 +271,392 @@ initium_ioctl(PyObject *self, PyObject *args)
     return out;
 }
 
+/* --- spawn: posix_spawn plus the prctl calls a child needs --------------
+ *
+ * posix_spawn cannot run code in the child, and PR_SET_PDEATHSIG, the
+ * capability bounding set and no_new_privs must be set there, between fork
+ * and exec.  This is the smallest way to do it: vfork (the parent's pages
+ * are shared, not copied, as glibc's posix_spawn does), a child that makes
+ * only system calls, and errno handed back through the shared memory.
+ * Every Python object is converted before the vfork; the child touches none.
+ */
+
+#define SPAWN_OPEN 0   /* the values of os.POSIX_SPAWN_OPEN/CLOSE/DUP2 */
+#define SPAWN_CLOSE 1
+#define SPAWN_DUP2 2
+#define SPAWN_MAX_ACTIONS 16
+#define SPAWN_MAX_ARGS 4096
+
+struct spawn_action {
+    int kind, fd, newfd, flags;
+    mode_t mode;
+    const char *path;
+};
+
+struct spawn_request {
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    struct spawn_action actions[SPAWN_MAX_ACTIONS];
+    int n_actions;
+    int setsid;
+    sigset_t sigdefault;
+    sigset_t mask;          /* the parent's mask, restored before exec */
+    int pdeathsig;
+    pid_t parent;
+    int no_new_privs;
+    long long keep_caps;    /* bit n = keep capability n; < 0 = leave the set alone */
+};
+
+/* Where the child stopped, for the parent's error message. */
+static const char *const spawn_steps[] = {
+    "", "signals", "setsid", "file action", "PR_SET_PDEATHSIG", "parent gone",
+    "capability bounding set", "no_new_privs", "exec",
+};
+
+static _Noreturn void
+spawn_child(const struct spawn_request *rq, volatile int *err, volatile int *step)
+{
+    int i;
+    long long cap;
+
+    for (i = 1; i < _NSIG; i++) {
+        struct sigaction sa;
+        /* The parent's handlers are its code in shared memory: never run them here. */
+        if (sigaction(i, NULL, &sa) < 0)
+            continue;
+        if (sigismember(&rq->sigdefault, i) == 1 ||
+            (sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)) {
+            sa.sa_handler = SIG_DFL;
+            sa.sa_flags = 0;
+            sigemptyset(&sa.sa_mask);
+            if (sigaction(i, &sa, NULL) < 0 && errno != EINVAL) {
+                *step = 1;
+                goto fail;
+            }
+        }
+    }
+    if (rq->setsid && setsid() < 0) {
+        *step = 2;
+        goto fail;
+    }
+    for (i = 0; i < rq->n_actions; i++) {
+        const struct spawn_action *a = &rq->actions[i];
+        int fd;
+        *step = 3;
+        switch (a->kind) {
+        case SPAWN_OPEN:
+            fd = open(a->path, a->flags, a->mode);
+            if (fd < 0)
+                goto fail;
+            if (fd != a->fd) {
+                if (dup2(fd, a->fd) < 0)
+                    goto fail;
+                close(fd);
+            }
+            break;
+        case SPAWN_CLOSE:
+            close(a->fd);
+            break;
+        default:
+            if (dup2(a->fd, a->newfd) < 0)
+                goto fail;
+        }
+    }
+    if (rq->pdeathsig) {
+        *step = 4;
+        if (prctl(PR_SET_PDEATHSIG, rq->pdeathsig, 0, 0, 0) < 0)
+            goto fail;
+        /* The parent may have died before the prctl: then nobody signals us. */
+        if (getppid() != rq->parent) {
+            *step = 5;
+            errno = ESRCH;
+            goto fail;
+        }
+    }
+    if (rq->keep_caps >= 0) {
+        *step = 6;
+        for (cap = 0; cap < 64; cap++) {
+            if (rq->keep_caps & (1LL << cap))
+                continue;
+            if (prctl(PR_CAPBSET_DROP, (unsigned long)cap, 0, 0, 0) < 0) {
+                if (errno == EINVAL)   /* past the kernel's last capability */
+                    break;
+                goto fail;
+            }
+        }
+        /* Ambient capabilities would survive the exec outside the bounding set's reach. */
+        if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+            goto fail;
+    }
+    if (rq->no_new_privs) {
+        *step = 7;
+        if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
+            goto fail;
+    }
+    *step = 8;
+    sigprocmask(SIG_SETMASK, &rq->mask, NULL);
+    execve(rq->path, rq->argv, rq->envp);
+fail:
+    *err = errno ? errno : EINVAL;
+    _exit(127);
+}
+
+/* The vfork in a function of its own: the caller's locals are never live
+ * across it (the child leaves through exec or _exit, never by returning). */
+static pid_t
+spawn_vfork(struct spawn_request *rq, volatile int *err, volatile int *step)
+{
+    sigset_t all;
+    pid_t pid;
+    int saved;
+
+    /* No signal may reach a handler while parent and child share memory. */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &rq->mask);
+    pid = vfork();
+    if (pid == 0)
+        spawn_child(rq, err, step);
+    saved = errno;
+    sigprocmask(SIG_SETMASK, &rq->mask, NULL);
+    errno = saved;
+    return pid;
+}
+
+/* A NULL-terminated char* array of the fs-encoded strings in ``seq`` (kept in ``keep``). */
+static char **
+string_array(PyObject *seq, PyObject *keep, const char *what)
+{
+    Py_ssize_t n, i;
+    char **out;
+    PyObject *fast = PySequence_Fast(seq, what);
+
+    if (fast == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(fast);
+    if (n > SPAWN_MAX_ARGS) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd items, over %d", what, n, SPAWN_MAX_ARGS);
+        Py_DECREF(fast);
+        return NULL;
+    }
+    out = PyMem_Calloc((size_t)n + 1, sizeof(char *));
+    if (out == NULL) {
+        Py_DECREF(fast);
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *b = NULL;
+        if (!PyUnicode_FSConverter(PySequence_Fast_GET_ITEM(fast, i), &b) ||
+            PyList_Append(keep, b) < 0) {
+            Py_XDECREF(b);
+            PyMem_Free(out);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(b);
+        Py_DECREF(b);   /* ``keep`` holds it */
+    }
+    Py_DECREF(fast);
+    return out;
+}
+
+static int
+parse_actions(PyObject *seq, struct spawn_request *rq, PyObject *keep)
+{
+    Py_ssize_t n, i;
+    PyObject *fast = PySequence_Fast(seq, "file_actions must be a sequence");
+
+    if (fast == NULL)
+        return -1;
+    n = PySequence_Fast_GET_SIZE(fast);
+    if (n > SPAWN_MAX_ACTIONS) {
+        PyErr_Format(PyExc_ValueError, "%zd file actions, over %d", n, SPAWN_MAX_ACTIONS);
+        goto fail;
+    }
+    for (i = 0; i < n; i++) {
+        struct spawn_action *a = &rq->actions[i];
+        PyObject *t = PySequence_Fast_GET_ITEM(fast, i), *path_obj, *path = NULL;
+        unsigned int mode = 0;
+        memset(a, 0, sizeof *a);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) < 1) {
+            PyErr_SetString(PyExc_TypeError, "a file action is a tuple");
+            goto fail;
+        }
+        a->kind = (int)PyLong_AsLong(PyTuple_GET_ITEM(t, 0));
+        if (a->kind == -1 && PyErr_Occurred())
+            goto fail;
+        if (a->kind == SPAWN_OPEN) {
+            if (!PyArg_ParseTuple(t, "iiOiI", &a->kind, &a->fd, &path_obj, &a->flags, &mode))
+                goto fail;
+            if (!PyUnicode_FSConverter(path_obj, &path))
+                goto fail;
+            if (PyList_Append(keep, path) < 0) {
+                Py_DECREF(path);
+                goto fail;
+            }
+            a->path = PyBytes_AS_STRING(path);
+            a->mode = (mode_t)mode;
+            Py_DECREF(path);
+        } else if (a->kind == SPAWN_CLOSE) {
+            if (!PyArg_ParseTuple(t, "ii", &a->kind, &a->fd))
+                goto fail;
+        } else if (a->kind == SPAWN_DUP2) {
+            if (!PyArg_ParseTuple(t, "iii", &a->kind, &a->fd, &a->newfd))
+                goto fail;
+        } else {
+            PyErr_Format(PyExc_ValueError, "unknown file action %d", a->kind);
+            goto fail;
+        }
+    }
+    rq->n_actions = (int)n;
+    Py_DECREF(fast);
+    return 0;
+fail:
+    Py_DECREF(fast);
+    return -1;
+}
+
+static char **
+environment(PyObject *env, PyObject *keep)
+{
+    char **out = NULL;
+    PyObject *items = PyMapping_Items(env), *strings = NULL;
+    Py_ssize_t i, n;
+
+    if (items == NULL)
+        return NULL;
+    n = PyList_GET_SIZE(items);
+    strings = PyList_New(n);
+    if (strings == NULL)
+        goto done;
+    for (i = 0; i < n; i++) {
+        PyObject *k = NULL, *v = NULL, *kv;
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_SetString(PyExc_TypeError, "env must map str to str");
+            goto done;
+        }
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(pair, 0), &k))
+            goto done;
+        if (!PyUnicode_FSConverter(PyTuple_GET_ITEM(pair, 1), &v)) {
+            Py_DECREF(k);
+            goto done;
+        }
+        if (PyBytes_GET_SIZE(k) == 0 || strchr(PyBytes_AS_STRING(k), '=') != NULL) {
+            PyErr_Format(PyExc_ValueError, "illegal environment variable name %R", k);
+            Py_DECREF(k);
+            Py_DECREF(v);
+            goto done;
+        }
+        kv = PyBytes_FromFormat("%s=%s", PyBytes_AS_STRING(k), PyBytes_AS_STRING(v));
+        Py_DECREF(k);
+        Py_DECREF(v);
+        if (kv == NULL)
+            goto done;
+        PyList_SET_ITEM(strings, i, kv);
+    }
+    out = string_array(strings, keep, "env");
+done:
+    Py_XDECREF(strings);
+    Py_DECREF(items);
+    return out;
+}
+
+static PyObject *
+initium_spawn(PyObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"path", "argv", "env", "file_actions", "setsid", "sigdefault",
+                               "pdeathsig", "no_new_privs", "keep_caps", NULL};
+    PyObject *path_obj, *path = NULL, *argv_obj, *env_obj, *actions = NULL, *sigdef = NULL;
+    PyObject *keep = NULL, *result = NULL;
+    struct spawn_request rq;
+    char **argv = NULL, **envp = NULL;
+    volatile int child_err = 0, child_step = 0;
+    pid_t pid;
+
+    memset(&rq, 0, sizeof rq);
+    rq.keep_caps = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO|O$pOipL:spawn", keywords,
+                                     &path_obj, &argv_obj, &env_obj, &actions, &rq.setsid,
+                                     &sigdef, &rq.pdeathsig, &rq.no_new_privs, &rq.keep_caps))
+        return NULL;
+    if (rq.pdeathsig < 0 || rq.pdeathsig >= _NSIG) {
+        PyErr_Format(PyExc_ValueError, "pdeathsig %d is not a signal", rq.pdeathsig);
+        return NULL;
+    }
+    keep = PyList_New(0);
+    if (keep == NULL)
+        return NULL;
+    if (!PyUnicode_FSConverter(path_obj, &path))
+        goto done;
+    if ((argv = string_array(argv_obj, keep, "argv must be a sequence")) == NULL)
+        goto done;
+    if (argv[0] == NULL) {
+        PyErr_SetString(PyExc_ValueError, "argv is empty");
+        goto done;
+    }
+    if ((envp = environment(env_obj, keep)) == NULL)
+        goto done;
+    if (actions != NULL && parse_actions(actions, &rq, keep) < 0)
+        goto done;
+    sigemptyset(&rq.sigdefault);
+    if (sigdef != NULL) {
+        PyObject *fast = PySequence_Fast(sigdef, "sigdefault must be a sequence");
+        Py_ssize_t i;
+        if (fast == NULL)
+            goto done;
+        for (i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+            long sig = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+            if (sig <= 0 || sig >= _NSIG) {
+                if (!PyErr_Occurred())
+                    PyErr_Format(PyExc_ValueError, "%ld is not a signal", sig);
+                Py_DECREF(fast);
+                goto done;
+            }
+            sigaddset(&rq.sigdefault, (int)sig);
+        }
+        Py_DECREF(fast);
+    }
+    rq.path = PyBytes_AS_STRING(path);
+    rq.argv = argv;
+    rq.envp = envp;
+    rq.parent = getpid();
+
+    pid = spawn_vfork(&rq, &child_err, &child_step);
+    if (pid < 0) {
+        raise_errno(NULL, NULL);
+        goto done;
+    }
+    if (child_err != 0) {
+        /* The child reported before exiting: collect it, then say where it stopped. */
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        if (child_step == 8) {
+            errno = child_err;
+            raise_errno(path_obj, NULL);
+        } else {
+            PyObject *exc = PyObject_CallFunction(PyExc_OSError, "iN", child_err,
+                                                  PyUnicode_FromFormat("%s (%s)",
+                                                                       strerror(child_err),
+                                                                       spawn_steps[child_step]));
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+        }
+        goto done;
+    }
+    result = PyLong_FromLong((long)pid);
+done:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    Py_XDECREF(path);
+    Py_DECREF(keep);
+    return result;
+}
+
 static PyMethodDef initium_methods[] = {
     {"mount", (PyCFunction)(void (*)(void))initium_mount, METH_VARARGS | METH_KEYWORDS,
      "mount(source, target, fstype, flags=0, data=None)"},
@@ -281,6 +671,9 @@ static PyMethodDef initium_methods[] = {
      "add_key(type, description, payload, keyring) -> key serial"},
     {"keyctl", initium_keyctl, METH_VARARGS, "keyctl(cmd, arg2=0, arg3=0, arg4=0, arg5=0)"},
     {"ioctl", initium_ioctl, METH_VARARGS, "ioctl(fd, request, buffer) -> the buffer after"},
+    {"spawn", (PyCFunction)(void (*)(void))initium_spawn, METH_VARARGS | METH_KEYWORDS,
+     "spawn(path, argv, env, file_actions=(), *, setsid=False, sigdefault=(), pdeathsig=0, "
+     "no_new_privs=False, keep_caps=-1) -> pid"},
     {NULL, NULL, 0, NULL},
 };
 

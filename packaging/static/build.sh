@@ -5,8 +5,8 @@
 #
 # Driven by packaging/static_python.py, which chooses the arguments and keys
 # the cache on them.  Our launcher replaces Programs/python.c (its main()),
-# _initium.c joins Modules/, and SETUP_LOCAL lists every extension module
-# that is compiled in; `make python` builds only the interpreter, so no
+# our modules (_initium.c, _selinux_min.c) join Modules/, and SETUP_LOCAL
+# lists every extension module that is compiled in; `make python` builds only the interpreter, so no
 # shared extension is ever built.  OUT receives the stripped ELF `python`
 # and the build logs.
 set -eu
@@ -18,7 +18,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$work" "$out"
 tar -xaf "$source" -C "$work" --strip-components=1
 cp "$here/launcher.c" "$work/Programs/python.c"
-cp "$here/_initium.c" "$work/Modules/_initium.c"
+cp "$here/_initium.c" "$here/_selinux_min.c" "$work/Modules/"
 cp "$setup" "$work/Modules/Setup.local"
 cd "$work"
 # getbuildinfo.c stamps __DATE__/__TIME__ into sys.version: GCC takes them

@@ -222,3 +222,157 @@ def test_the_cache_is_reused(interpreter: sp.StaticPython) -> None:
     before = os.stat(interpreter.python).st_mtime_ns
     assert sp.ensure() == interpreter
     assert os.stat(interpreter.python).st_mtime_ns == before
+
+
+# --- _initium.spawn: the spawner's prctl calls, in the child ----------------
+
+_STATUS_FIELDS = "^(CapBnd|CapAmb|NoNewPrivs):"
+
+
+def test_a_confined_helper_keeps_only_its_capabilities(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    code = ("from initium import process\n"
+            "mask = process.capability_mask([21, 1])\n"  # CAP_SYS_ADMIN, CAP_DAC_OVERRIDE
+            f"argv = ['/bin/grep', '-E', {_STATUS_FIELDS!r}, '/proc/self/status']\n"
+            "raise SystemExit(process.run(argv, no_new_privs=True, keep_caps=mask))\n")
+    done = _run([str(init), "-c", code])
+    assert done.returncode == 0, done.stderr
+    fields = dict(line.split(":\t") for line in done.stdout.splitlines())
+    assert fields == {"CapBnd": "0000000000200002", "CapAmb": "0000000000000000",
+                      "NoNewPrivs": "1"}
+    # Unconfined, the same helper keeps the bounding set it inherited.
+    plain = _run([str(init), "-c", code.replace(", no_new_privs=True, keep_caps=mask", "")])
+    fields = dict(line.split(":\t") for line in plain.stdout.splitlines())
+    assert fields["NoNewPrivs"] == "0" and fields["CapBnd"] != "0000000000200002"
+
+
+@pytest.mark.parametrize("pdeathsig", [signal.SIGKILL, 0])
+def test_a_child_dies_with_its_parent(tmp_path: Path, init_bytes: bytes, pdeathsig: int) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    init = _install(tmp_path, init_bytes)
+    code = ("import _initium\n"
+            f"print(_initium.spawn('/bin/sleep', ['sleep', '30'], {{}}, pdeathsig={pdeathsig}))\n")
+    # A shell as the PID namespace's init adopts the orphan and leaves it be
+    # (the host's init may reap or kill orphans itself); the namespace ends with it.
+    # The pid goes through a file: a child holding a command substitution's
+    # pipe open was seen killed on its parent's exit either way.
+    script = ('"$0" -c "$1" >"$2" || exit 9; sleep 0.5; p=$(cat "$2"); '
+              'cut -d" " -f3 "/proc/$p/stat" 2>/dev/null || echo gone')
+    done = _run(["unshare", "--pid", "--fork", "--mount-proc", "sh", "-c", script, str(init),
+                 code, str(tmp_path / "pid")])
+    assert done.returncode == 0, done.stderr
+    # Killed: a zombie, or already reaped by the shell; alive: sleeping.
+    assert (done.stdout.strip() in ("Z", "gone")) == bool(pdeathsig), done.stdout
+
+
+def test_spawn_failures_say_where_the_child_stopped(tmp_path: Path, init_bytes: bytes) -> None:
+    init = _install(tmp_path, init_bytes)
+    code = ("import _initium, os\n"
+            "for path, actions in (('/nonexistent', ()),\n"
+            "                      ('/bin/true', [(0, 0, '/nonexistent/x', os.O_RDONLY, 0)])):\n"
+            "    try:\n"
+            "        _initium.spawn(path, [path], {}, actions)\n"
+            "    except OSError as err:\n"
+            "        print(type(err).__name__, err.filename, err.strerror)\n")
+    done = _run([str(init), "-c", code])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "FileNotFoundError /nonexistent No such file or directory",
+        "FileNotFoundError None No such file or directory (file action)"]
+
+
+# --- _selinux_min: libselinux's label lookup, linked in ----------------------
+
+FILE_CONTEXTS = ("/srv(/.*)?\tsystem_u:object_r:var_t:s0\n"
+                 "/srv/bin(/.*)?\t--\tsystem_u:object_r:bin_t:s0\n"
+                 "/etc/shadow\t--\tsystem_u:object_r:shadow_t:s0\n")
+
+
+def test_selabel_lookup_reads_a_file_contexts(tmp_path: Path, init_bytes: bytes) -> None:
+    """No policy loaded, validation off: selabel_open needs only the file."""
+    init = _install(tmp_path, init_bytes)
+    (tmp_path / "file_contexts").write_text(FILE_CONTEXTS)
+    code = ("import _selinux_min as se, stat, sys\n"
+            "labels = se.selabel_open(sys.argv[1])\n"
+            "for path, mode in (('/srv/www', 0), ('/srv/bin/sh', stat.S_IFREG),\n"
+            "                   ('/srv/bin', stat.S_IFDIR), ('/etc/shadow', stat.S_IFREG),\n"
+            "                   ('/usr/bin/env', stat.S_IFREG)):\n"
+            "    print(path, se.selabel_lookup(labels, path, mode))\n"
+            "try:\n"
+            "    se.selabel_open(sys.argv[1] + '.missing')\n"
+            "except FileNotFoundError as err:\n"
+            "    print('missing', err.filename == sys.argv[1] + '.missing')\n")
+    done = _run([str(init), "-c", code, str(tmp_path / "file_contexts")])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "/srv/www system_u:object_r:var_t:s0",
+        "/srv/bin/sh system_u:object_r:bin_t:s0",
+        "/srv/bin system_u:object_r:var_t:s0",  # the `--` rule is for regular files only
+        "/etc/shadow system_u:object_r:shadow_t:s0",
+        "/usr/bin/env None",
+        "missing True"]
+
+
+# --- pyroute2's rtnl messages in the static interpreter ----------------------
+
+LINK_DUMP = '''
+import socket, struct, sys
+sys.path.insert(0, sys.argv[1])
+before = set(sys.modules)
+from pyroute2.netlink import NLM_F_DUMP, NLM_F_REQUEST, NLMSG_DONE
+from pyroute2.netlink.rtnl import RTM_GETLINK
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+loaded = set(sys.modules) - before
+with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as sock:
+    sock.bind((0, 0))
+    request = ifinfmsg()
+    request["header"]["type"] = RTM_GETLINK
+    request["header"]["flags"] = NLM_F_REQUEST | NLM_F_DUMP
+    request["header"]["sequence_number"] = 1
+    request.encode()
+    sock.send(request.data)
+    names, done = [], False
+    while not done:
+        data = sock.recv(65536)
+        offset = 0
+        while offset < len(data) and not done:
+            length, kind = struct.unpack_from("=IH", data, offset)
+            done = kind == NLMSG_DONE
+            if not done:
+                message = ifinfmsg(data[offset:offset + length])
+                message.decode()
+                names.append(message.get_attr("IFLA_IFNAME"))
+            offset += length
+print(names)
+print(sorted(m for m in loaded if m.split(".")[0] in ("ssl", "sqlite3", "unittest", "asyncio")))
+'''
+
+
+def _pyroute2_tree(dest: Path) -> Path:
+    """pyroute2's subpackages under an empty package __init__ (its own imports everything)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or spec.origin is None:
+        pytest.skip("pyroute2 not installed (pip install pyroute2)")
+    source = Path(spec.origin).parent
+    package = dest / "pyroute2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    for entry in source.iterdir():
+        if entry.name not in ("__init__.py", "__pycache__"):
+            (package / entry.name).symlink_to(entry)
+    return dest
+
+
+def test_pyroute2_lists_links_in_a_network_namespace(
+        tmp_path: Path, interpreter: sp.StaticPython) -> None:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare(1) missing")
+    tree = _pyroute2_tree(tmp_path / "site")
+    (tmp_path / "links.py").write_text(LINK_DUMP)
+    with sp.trace_interpreter(interpreter) as trace:
+        done = _run(["unshare", "--net", trace, str(tmp_path / "links.py"), str(tree)])
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["['lo']", "[]"]
