@@ -20,6 +20,7 @@ IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattr
 DEFAULT_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi", "sd_mod", "ahci", "nvme", "ext4")
 COMPRESSIONS = ("zstd", "gzip", "none")
 INTERPRETER_KINDS = ("host", "static")
+INTERPRETER_EXTRAS = ("selinux",)  # packaging/static_python.py OPTIONAL_MODULES
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -37,6 +38,7 @@ class BuildConfig:
     shell: bool = False
     interpreter: str | None = None
     interpreter_kind: str = "static"
+    interpreter_extras: tuple[str, ...] = ()  # optional builtin module groups (static only)
     emergency: str | None = None
     microcode: bool = True
     source_date_epoch: int | None = None
@@ -73,6 +75,14 @@ def _str_list(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise ValueError("must be a list of non-empty strings")
     return tuple(value)
+
+
+def _extras(value: Any) -> tuple[str, ...]:
+    names = _str_list(value)
+    for name in names:
+        if name not in INTERPRETER_EXTRAS:
+            raise ValueError(f"must name among {', '.join(INTERPRETER_EXTRAS)}")
+    return tuple(sorted(set(names)))
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -202,6 +212,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(the first build takes minutes), with the init's bytecode appended: /init is that "
             "one ELF.",
             "--interpreter"),
+    Setting("interpreter_extras", _extras, "Optional module groups compiled into the static "
+            "interpreter (each combination is its own cached build): selinux (libselinux's "
+            "label lookups, file and process labels and enforce calls, as _selinux_min; 0.25 "
+            "MB of core; the built-in selinux stage does not need it).", ""),
     Setting("emergency", _choice(EMERGENCY_ACTIONS), "Default for rd.emergency= in this "
             "image.", ""),
     Setting("microcode", _bool, "Prepend the early microcode component when the host has "

@@ -279,7 +279,8 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     builder.add_device("dev/console", 5, 1)
     builder.add_file("etc/initrd-release", INITRD_RELEASE)
     modules = sorted({stage_ref(s).split(":")[0] for s in ordered})
-    payload = payload_for(config.interpreter_kind, config.interpreter, modules, config.emergency)
+    payload = payload_for(config.interpreter_kind, config.interpreter, modules, config.emergency,
+                          config.interpreter_extras)
     builder.add_payload(payload)
     if config.shell:
         builder.add_busybox()

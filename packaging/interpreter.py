@@ -203,11 +203,12 @@ _LAUNCHER_ACTION = {"reboot": "reboot", "poweroff": "poweroff"}
 
 
 def static_payload(stage_modules: list[str], emergency: str | None = None,
-                   log: Callable[[str], None] | None = None) -> PythonPayload:
+                   log: Callable[[str], None] | None = None,
+                   extras: tuple[str, ...] = ()) -> PythonPayload:
     """/init = the static ELF with the init's bytecode appended as a zip (its sys.path)."""
     from . import static_python
 
-    entry = static_python.ensure(log=log)
+    entry = static_python.ensure(log=log, extras=extras)
     with static_python.trace_interpreter(entry) as trace:
         frozen = freeze(trace, stage_modules, ("--hash-seed=0",))
     if frozen.extensions:
@@ -224,9 +225,9 @@ def static_payload(stage_modules: list[str], emergency: str | None = None,
 
 
 def payload_for(kind: str, configured: str | None, stage_modules: list[str],
-                emergency: str | None = None) -> PythonPayload:
+                emergency: str | None = None, extras: tuple[str, ...] = ()) -> PythonPayload:
     if kind == "static":
-        return static_payload(stage_modules, emergency)
+        return static_payload(stage_modules, emergency, extras=extras)
     if kind != "host":
         raise InterpreterError(f"interpreter kind must be one of {', '.join(INTERPRETER_KINDS)}")
     payload = python_payload(configured, stage_modules, emergency)

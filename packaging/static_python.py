@@ -72,9 +72,15 @@ BUILTIN_MODULES: dict[str, str] = {
     "_socket": "socketmodule.c",             # netlink: uevents, pyroute2
     "array": "arraymodule.c",                # pyroute2, socket.recvmsg fds
     "_posixsubprocess": "_posixsubprocess.c",  # subprocess in the trace interpreter
-    # labels and policy for the security stages (ours); libselinux.a and
-    # libpcre2-8.a from libselinux1-dev and libpcre2-dev, no libsepol
-    "_selinux_min": "_selinux_min.c -lselinux -lpcre2-8",
+}
+# Builtin modules an image asks for (config interpreter_extras), each a
+# separate cached build. Not in every image: "selinux" costs 0.25 MB of
+# `core` (pcre2 is most of it) and the built-in selinux stage needs none of
+# it (it loads the policy through selinuxfs and matches contexts computed at
+# build time); it is there for stages that want libselinux's own lookups.
+OPTIONAL_MODULES: dict[str, dict[str, str]] = {
+    # libselinux.a and libpcre2-8.a from libselinux1-dev and libpcre2-dev, no libsepol
+    "selinux": {"_selinux_min": "_selinux_min.c -lselinux -lpcre2-8"},
 }
 # Left out on purpose (measured or judged not needed by the init): _ctypes
 # (cannot resolve libc symbols in a static ELF; _initium replaces it), _ssl
@@ -253,11 +259,24 @@ def build(source: str, directory: str, *, jobs: int = 2,
     return time.monotonic() - started
 
 
-def ensure(*, jobs: int = 2, log: Callable[[str], None] | None = None) -> StaticPython:
+def modules_with(extras: tuple[str, ...] = ()) -> dict[str, str]:
+    """The builtin modules of a build with the named optional groups."""
+    modules = dict(BUILTIN_MODULES)
+    for extra in extras:
+        if extra not in OPTIONAL_MODULES:
+            raise StaticPythonError(f"no optional interpreter module group {extra!r} "
+                                    f"(known: {', '.join(sorted(OPTIONAL_MODULES))})")
+        modules.update(OPTIONAL_MODULES[extra])
+    return modules
+
+
+def ensure(*, jobs: int = 2, log: Callable[[str], None] | None = None,
+           extras: tuple[str, ...] = ()) -> StaticPython:
     """The cached interpreter for today's inputs, built first when there is none."""
     root = cache_root()
     source = find_source(os.path.dirname(root))
-    key = cache_key(CPYTHON_SHA256, CONFIGURE_FLAGS, setup_local(), recipe_contents(),
+    modules = modules_with(tuple(sorted(set(extras))))
+    key = cache_key(CPYTHON_SHA256, CONFIGURE_FLAGS, setup_local(modules), recipe_contents(),
                     compiler_version())
     final = os.path.join(root, key)
     entry = StaticPython(final, key, CPYTHON_VERSION)
@@ -271,12 +290,12 @@ def ensure(*, jobs: int = 2, log: Callable[[str], None] | None = None) -> Static
         if log is not None:
             log(f"building the static interpreter (CPython {CPYTHON_VERSION}) in {final}")
         try:
-            seconds = build(source, partial, jobs=jobs, log=log)
+            seconds = build(source, partial, jobs=jobs, modules=modules, log=log)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         info = {"key": key, "version": CPYTHON_VERSION, "configure": list(CONFIGURE_FLAGS),
-                "modules": sorted(BUILTIN_MODULES), "build_seconds": round(seconds, 1),
+                "modules": sorted(modules), "build_seconds": round(seconds, 1),
                 "size": os.path.getsize(os.path.join(partial, "python"))}
         with open(os.path.join(partial, "info.json"), "w") as f:
             json.dump(info, f, indent=1, sort_keys=True)

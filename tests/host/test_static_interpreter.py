@@ -289,9 +289,31 @@ FILE_CONTEXTS = ("/srv(/.*)?\tsystem_u:object_r:var_t:s0\n"
                  "/etc/shadow\t--\tsystem_u:object_r:shadow_t:s0\n")
 
 
-def test_selabel_lookup_reads_a_file_contexts(tmp_path: Path, init_bytes: bytes) -> None:
-    """No policy loaded, validation off: selabel_open needs only the file."""
+@pytest.fixture(scope="session")
+def selinux_init(interpreter: sp.StaticPython) -> bytes:
+    """/init of an image whose configuration asks for the selinux module group."""
+    from initium.packaging.image import stage_ref
+
+    try:
+        sp.ensure(extras=("selinux",))
+    except sp.StaticPythonError as err:
+        pytest.skip(str(err))
+    modules = sorted({stage_ref(s).split(":")[0] for s in load_stages(())})
+    data = static_payload(modules, extras=("selinux",)).files["/init"]
+    assert isinstance(data, bytes)
+    return data
+
+
+def test_the_default_interpreter_has_no_libselinux(tmp_path: Path, init_bytes: bytes) -> None:
     init = _install(tmp_path, init_bytes)
+    done = subprocess.run([str(init), "-c", "import _selinux_min"], capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert done.returncode != 0 and "No module named '_selinux_min'" in done.stderr
+
+
+def test_selabel_lookup_reads_a_file_contexts(tmp_path: Path, selinux_init: bytes) -> None:
+    """No policy loaded, validation off: selabel_open needs only the file."""
+    init = _install(tmp_path, selinux_init)
     (tmp_path / "file_contexts").write_text(FILE_CONTEXTS)
     code = ("import _selinux_min as se, stat, sys\n"
             "labels = se.selabel_open(sys.argv[1])\n"
