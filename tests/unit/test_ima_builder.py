@@ -58,7 +58,7 @@ def test_certificates_must_be_der(cert: Path) -> None:
     with pytest.raises(ImaBuildError, match="1 bytes after the certificate"):
         check_cert(cert.read_bytes() + b"\0", "c", "--ima-cert")
     for junk in (b"", b"hello", b"\x30\x82\xff\xff", b"\x30\x03\x02\x01\x01"):
-        with pytest.raises(ImaBuildError, match="not a DER X.509 certificate"):
+        with pytest.raises(ImaBuildError, match=r"not a DER X\.509 certificate"):
             check_cert(junk, "c", "--evm-cert")
 
 
