@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima digest")
     build.add_argument("--ima-sign-key", metavar="PEM",
                        help="give every file a security.ima signature made with this key")
+    build.add_argument("--ima-policy", metavar="FILE",
+                       help="IMA policy to load at boot (see ima.md)")
+    build.add_argument("--ima-cert", action="append", default=[], metavar="DER",
+                       help="X.509 certificate (DER) for the .ima keyring; repeatable")
+    build.add_argument("--evm-cert", action="append", default=[], metavar="DER",
+                       help="X.509 certificate (DER) for the .evm keyring; repeatable")
     build.add_argument("--storage", metavar="KINDS",
                        help="storage handlers: luks,lvm,md,verity (comma separated), auto "
                             "(what this host's root needs) or none")
@@ -128,6 +134,13 @@ def _build(args: argparse.Namespace) -> int:
             overrides[flag] = True
     if args.ima_sign_key:
         overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
+    if args.ima_policy:
+        overrides["ima_policy"] = os.path.abspath(args.ima_policy)
+    for flag in ("ima_cert", "evm_cert"):
+        if getattr(args, flag):
+            key = flag + "s"
+            overrides[key] = tuple(dict.fromkeys((*getattr(config, key),
+                                                  *map(os.path.abspath, getattr(args, flag)))))
     if args.selinux_policy:
         overrides["selinux_policy"] = args.selinux_policy if args.selinux_policy == "none" \
             else os.path.abspath(args.selinux_policy)

@@ -13,6 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from initium.options import EMERGENCY_ACTIONS
+from initium.stages.ima_ops import (
+    EVM_ALLOW_METADATA_WRITES,
+    EVM_INIT_HMAC,
+    EVM_INIT_X509,
+    EVM_SETUP_COMPLETE,
+)
 from initium.xattrlist import NAMESPACES
 
 IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattrs.HASH_ALGOS
@@ -48,6 +54,11 @@ class BuildConfig:
     ima_digest: bool = False
     ima_sign_key: str | None = None
     ima_hash: str = "sha256"
+    ima_policy: str | None = None
+    ima_certs: tuple[str, ...] = ()
+    evm_certs: tuple[str, ...] = ()
+    evm_mode: int | None = None  # None: EVM left as the kernel has it
+    ima_required: bool = False
     kernel_xattr_list: bool = False
     xattr_tmpfs_move: bool = True
     selinux_policy: str | None = None  # None: the host's configured policy; "none": no policy
@@ -112,6 +123,26 @@ def _bool(value: Any) -> bool:
 def _path(value: Any) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("must be an absolute path")
+    return value
+
+
+def _paths(value: Any) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(_path(v) for v in _str_list(value)))
+
+
+EVM_BITS = EVM_INIT_X509 | EVM_ALLOW_METADATA_WRITES | EVM_SETUP_COMPLETE
+
+
+def _evm_mode(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer bit mask such as 0x80000002")
+    if value & EVM_INIT_HMAC:
+        raise ValueError("sets EVM_INIT_HMAC (1), which needs an encrypted evm-key in the "
+                         "user keyring that initium does not load; use EVM_INIT_X509 (2) "
+                         "with evm_certs")
+    if value <= 0 or value & ~EVM_BITS:
+        raise ValueError("must be a nonzero mask of EVM_INIT_X509 (0x2), "
+                         "EVM_ALLOW_METADATA_WRITES (0x4) and EVM_SETUP_COMPLETE (0x80000000)")
     return value
 
 
@@ -236,6 +267,22 @@ SETTINGS: tuple[Setting, ...] = (
             "--ima-sign-key"),
     Setting("ima_hash", _choice(IMA_HASHES), "Hash algorithm of the IMA digests and "
             "signatures.", ""),
+    Setting("ima_policy", _path, "IMA policy file (the kernel's rule syntax, one rule a "
+            "line) that the ima stage writes to /sys/kernel/security/ima/policy; it travels "
+            "as /etc/initium/ima/policy. See ima.md.", "--ima-policy"),
+    Setting("ima_certs", _paths, "X.509 certificates (DER) for the kernel's .ima keyring "
+            "(_ima when the kernel has no trusted .ima keyring); on the command line "
+            "repeatable.", "--ima-cert"),
+    Setting("evm_certs", _paths, "X.509 certificates (DER) for the .evm keyring (_evm); on "
+            "the command line repeatable.", "--evm-cert"),
+    Setting("evm_mode", _evm_mode, "Bit mask the ima stage writes to /sys/kernel/security/evm "
+            "after the keys and the policy: 0x2 EVM_INIT_X509 (verify security.evm "
+            "signatures with the .evm keys), 0x4 EVM_ALLOW_METADATA_WRITES, 0x80000000 "
+            "EVM_SETUP_COMPLETE (no further change until reboot). 0x1 (HMAC) is refused: it "
+            "needs a key initium does not load. Default: EVM left off.", ""),
+    Setting("ima_required", _bool, "Make every failure of the ima stage fatal (fail closed, "
+            "no shell): a key the kernel refuses, a missing or refused policy, EVM not "
+            "enabled. rd.ima.require_policy=1 on the kernel command line does the same.", ""),
     Setting("storage", _storage, "Storage handlers to put in the image, each with its tool, "
             "libraries and kernel modules: luks (cryptsetup), lvm (lvm), md (mdadm), verity "
             "(veritysetup); auto: what this host's own root needs; none (the default): no "

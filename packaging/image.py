@@ -22,6 +22,7 @@ from initium.stage import JSON, Stage
 from .compress import compress
 from .config import BuildConfig
 from .cpio import Entry, write_archive
+from .ima import attach_ima
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import ModuleFile, modprobe_options, modules_dep_subset, resolve_modules
 from .selinux import attach_selinux
@@ -294,6 +295,7 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     if config.microcode:
         builder.add_microcode()
     attach_selinux(builder)
+    attach_ima(builder)
     attach_xattrs(builder)
     image, manifest = builder.write(mtime)
     manifest["stages"] = plan.names

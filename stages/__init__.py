@@ -12,6 +12,7 @@ DEFAULT_STAGES = (
     "initium.stages.rootfs:Rootfs",
     "initium.stages.xattrs:Xattrs",
     "initium.stages.selinux:Selinux",
+    "initium.stages.ima:Ima",
     "initium.stages.modules:Modules",
     "initium.stages.root:Root",
     "initium.stages.switch_root:SwitchRoot",

@@ -155,7 +155,7 @@ def test_inspect_lists_files_and_stages(built: str, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "/init" in out
     assert "interpreter: static" in out
-    assert ("stages: early-mounts → console → rootfs → xattrs → selinux → modules → root → "
+    assert ("stages: early-mounts → console → rootfs → xattrs → selinux → ima → modules → root → "
             "switch-root") in out
 
 
@@ -221,6 +221,6 @@ def test_a_third_party_stage_is_ordered_frozen_and_planned(
     files = _files(build(str(tmp_path / "p.img"), kver, "--config", str(conf)))
     plan = Plan.from_bytes(files[PLAN_PATH].data)
     assert plan.names == ["early-mounts", "console", "hello", "rootfs", "xattrs", "selinux",
-                          "modules", "root", "switch-root"]
+                          "ima", "modules", "root", "switch-root"]
     assert plan.stage_data("hello") == {"greeting": "hello from a plugin"}
     assert "hello_initium.pyc" in _frozen(files)

@@ -40,7 +40,7 @@ def test_root_by_uuid_with_timeline(boot: BootFn, image: str, ext4_disk: str) ->
     m = re.search(r"INITIUM-TIMELINE (\{.*\})", result.output)
     assert m, "the root cannot read /run/initium/timeline.json"
     stages = [s["stage"] for s in json.loads(m.group(1))["stages"]]
-    assert stages == ["early-mounts", "console", "rootfs", "xattrs", "selinux", "modules",
+    assert stages == ["early-mounts", "console", "rootfs", "xattrs", "selinux", "ima", "modules",
                       "root"]
     env = re.search(r"INITIUM-ENV (.*)", result.output)
     assert env and "PYTHON" not in env.group(1) and "LD_LIBRARY_PATH" not in env.group(1)
