@@ -67,7 +67,7 @@ def test_manifest_describes_every_byte(built: str) -> None:
     implicit_dirs = {p for p, e in files.items() if stat.S_ISDIR(e.mode)}
     assert listed >= len(files) - len(implicit_dirs)
     assert manifest["stages"] == ["early-mounts", "console", "rootfs", "xattrs", "selinux",
-                                  "modules", "root", "switch-root"]
+                                  "ima", "modules", "root", "switch-root"]
 
 
 def _frozen(files: dict[str, Entry]) -> set[str]:
