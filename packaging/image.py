@@ -15,18 +15,22 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from initium import components
+from initium.components import DIGESTS_COMPONENT, DIGESTS_PATH, ComponentDigest
 from initium.plan import PLAN_PATH, Plan, StageEntry
 from initium.runner import order
 from initium.stage import JSON, Stage
 
 from .compress import compress
 from .config import BuildConfig
-from .cpio import Entry, write_archive
+from .cpio import Entry, read_records, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
 from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
+"""The components a build makes, in image order; ``digests`` follows them."""
+MANIFEST_FORMAT = "initium-manifest/1"
 BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
 INITRD_RELEASE = b'NAME="initium"\nID=initium\nPRETTY_NAME="initium initramfs"\n'
 BUSYBOX = "/bin/busybox"
@@ -182,10 +186,9 @@ class ImageBuilder:
 
     # -- output ------------------------------------------------------------
 
-    def write(self, mtime: int) -> tuple[bytes, dict[str, Any]]:
-        """The image bytes and its manifest (components with byte ranges, every file's digest)."""
-        image = bytearray()
-        described = []
+    def parts(self, mtime: int) -> list[Part]:
+        """Each non-empty component as archived and compressed, with its manifest entry."""
+        parts = []
         for comp in self.components.values():
             if not comp.entries:
                 continue
@@ -195,27 +198,79 @@ class ImageBuilder:
             method = self.config.compress if comp.compressed else "none"
             data = compress(archive, method, self.config.compress_level) \
                 if method != "none" else archive
-            described.append({
-                "name": comp.name,
-                "offset": len(image),
-                "length": len(data),
-                "compression": method,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
-                "uncompressed_size": len(archive),
-                "files": [_describe(e, comp.xattrs.get(e.path, {}))
-                          for e in sorted((*comp.entries.values(), *comp.tail.values()),
-                                          key=lambda e: e.path)],
-            })
-            image += data
-            # The kernel reads an uncompressed archive only at a 4-byte aligned
-            # offset and skips NULs between segments: padding keeps the image
-            # appendable (microcode or an overlay cpio added by another tool).
-            image += bytes(-len(image) % 4)
-        manifest = {"format": "initium-manifest/1", "kver": self.kver,
-                    "size": len(image), "sha256": hashlib.sha256(image).hexdigest(),
-                    "components": described}
-        return bytes(image), manifest
+            parts.append(describe_part(comp.name, method, data, archive, comp.xattrs))
+        return parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component as it goes into an image: its stored bytes and its manifest entry.
+
+    ``description`` is the entry without ``name`` and ``offset``, which depend
+    on where the component lands; a component kept from an older image is a
+    Part made from that image's bytes and manifest.
+    """
+
+    name: str
+    data: bytes
+    description: dict[str, Any]
+
+
+def describe_part(name: str, method: str, data: bytes, archive: bytes,
+                  xattrs: dict[str, dict[str, bytes]]) -> Part:
+    """The Part for a component; its file list is read back from the archive itself.
+
+    Reading back lists what the kernel will unpack, including the parent
+    directories the cpio writer adds, so a verifier can tell any extra entry
+    from an expected one.
+    """
+    entries = sorted((entry for _, entry in read_records(archive)), key=lambda e: e.path)
+    return Part(name, data, {
+        "length": len(data),
+        "compression": method,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
+        "uncompressed_size": len(archive),
+        "files": [_describe(e, xattrs.get(e.path, {})) for e in entries],
+    })
+
+
+def digests_part(digests: list[ComponentDigest], mtime: int) -> Part:
+    """The last component: the digests of every earlier one, for the init's timeline."""
+    data = components.to_bytes(digests)
+    entry = Entry(DIGESTS_PATH.lstrip("/"), stat.S_IFREG | 0o444, data)
+    archive = write_archive([entry], mtime=mtime)
+    return describe_part(DIGESTS_COMPONENT, "none", archive, archive, {})
+
+
+def assemble(parts: list[Part], mtime: int) -> tuple[bytes, dict[str, Any]]:
+    """Concatenate components (each padded to 4 bytes) and add the digests component.
+
+    The kernel reads an uncompressed archive only at a 4-byte aligned offset and
+    skips NULs between segments: padding keeps the image appendable (microcode or
+    an overlay cpio added by another tool).
+    """
+    image = bytearray()
+    described: list[dict[str, Any]] = []
+    digests: list[ComponentDigest] = []
+
+    def add(part: Part) -> None:
+        offset = len(image)
+        image.extend(part.data)
+        image.extend(bytes(-len(image) % 4))
+        described.append({"name": part.name, "offset": offset, **part.description})
+        d = part.description
+        digests.append(ComponentDigest(part.name, offset, d["length"], d["compression"],
+                                       d["sha256"], d["uncompressed_sha256"]))
+
+    for part in parts:
+        if part.name == DIGESTS_COMPONENT:
+            raise BuildError(f"{DIGESTS_COMPONENT!r} is made by assemble, not given to it")
+        add(part)
+    add(digests_part(digests, mtime))
+    manifest = {"format": MANIFEST_FORMAT, "size": len(image),
+                "sha256": hashlib.sha256(image).hexdigest(), "components": described}
+    return bytes(image), manifest
 
 
 def _describe(entry: Entry, xattrs: dict[str, bytes]) -> dict[str, Any]:
@@ -255,8 +310,8 @@ def plan_for_host(config: BuildConfig, kver: str) -> Plan:
     return _resolve(ImageBuilder(config, kver), load_stages(config.stages))[1]
 
 
-def build_image(config: BuildConfig, kver: str, stages: list[Stage],
-                mtime: int) -> tuple[bytes, dict[str, Any], Plan]:
+def _build_parts(config: BuildConfig, kver: str, stages: list[Stage],
+                 mtime: int) -> tuple[list[Part], Plan, dict[str, Any]]:
     builder = ImageBuilder(config, kver)
     ordered, plan = _resolve(builder, stages)
     for d in BASE_DIRS:
@@ -273,11 +328,18 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     if config.microcode:
         builder.add_microcode()
     attach_xattrs(builder)
-    image, manifest = builder.write(mtime)
+    interpreter = {"kind": payload.kind, "version": payload.version,
+                   "size": payload.interpreter_size, "modules": list(payload.modules)}
+    return builder.parts(mtime), plan, interpreter
+
+
+def build_image(config: BuildConfig, kver: str, stages: list[Stage],
+                mtime: int) -> tuple[bytes, dict[str, Any], Plan]:
+    parts, plan, interpreter = _build_parts(config, kver, stages, mtime)
+    image, manifest = assemble(parts, mtime)
+    manifest["kver"] = kver
     manifest["stages"] = plan.names
-    manifest["interpreter"] = {"kind": payload.kind, "version": payload.version,
-                               "size": payload.interpreter_size,
-                               "modules": list(payload.modules)}
+    manifest["interpreter"] = interpreter
     return image, manifest, plan
 
 
