@@ -52,6 +52,7 @@ class CpioError(ValueError):
     def __init__(self, offset: int, message: str) -> None:
         super().__init__(f"{message} (at byte offset {offset})")
         self.offset = offset
+        self.reason = message
 
 
 @dataclass(frozen=True)

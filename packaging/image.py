@@ -26,11 +26,11 @@ from .config import BuildConfig
 from .cpio import Entry, read_records, write_archive
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import modprobe_options, modules_dep_subset, resolve_modules
+from .verify import MANIFEST_FORMAT
 from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
 """The components a build makes, in image order; ``digests`` follows them."""
-MANIFEST_FORMAT = "initium-manifest/1"
 BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
 INITRD_RELEASE = b'NAME="initium"\nID=initium\nPRETTY_NAME="initium initramfs"\n'
 BUSYBOX = "/bin/busybox"
