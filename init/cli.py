@@ -61,7 +61,12 @@ def parser() -> argparse.ArgumentParser:
                        help="also write .xattr-list for kernels with the in-kernel xattr patch")
     build.add_argument("--interpreter", choices=("host", "static"),
                        help="host: this host's Python and its libraries; static: one static "
-                            "ELF built from CPython's source and cached (default: host)")
+                            "ELF built from CPython's source and cached (default: static)")
+    build.add_argument("--component", choices=("early", "core", "modules", "policy"),
+                       help="with --reuse: build only this component, keep the others' bytes")
+    build.add_argument("--reuse", metavar="OLD_IMG",
+                       help="with --component: the image (and OLD_IMG.manifest.json) whose "
+                            "other components are kept byte for byte")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -143,10 +148,24 @@ def _build(args: argparse.Namespace) -> int:
         mtime = int(epoch_env) if epoch_env else (config.source_date_epoch or 0)
     except ValueError:
         raise UserError(f"SOURCE_DATE_EPOCH={epoch_env!r} is not an integer") from None
-    image, manifest, plan = build_image(config, kver, load_stages(config.stages), mtime)
+    if (args.component is None) != (args.reuse is None):
+        raise UserError("--component and --reuse go together")
+    if args.reuse:
+        from initium.packaging.image import rebuild_image
+
+        old_image, old_manifest = _load_pair(args.reuse, None)
+        image, manifest, plan, notes = rebuild_image(
+            config, kver, load_stages(config.stages), mtime, component=args.component,
+            old_image=old_image, old_manifest=old_manifest)
+        for note in notes:
+            print(f"initium build: note: {note}")
+    else:
+        image, manifest, plan = build_image(config, kver, load_stages(config.stages), mtime)
     _write_atomically(args.output, image)
     _write_atomically(args.output + ".manifest.json", manifest_bytes(manifest))
     parts = ", ".join(f"{c['name']} {c['length']} ({c['compression']})"
+                      + (" kept" if c["name"] in manifest.get("reused", {}).get("components", ())
+                         else "")
                       for c in manifest["components"])
     print(f"initium: wrote {args.output}: {len(image)} bytes [{parts}] for {kver}; "
           f"stages: {' → '.join(plan.names)}; {time.monotonic() - started:.2f} s")

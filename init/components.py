@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import marshal
 
-from initium.plan import MARSHAL_FORMAT, check_plain
+from initium.plan import check_plain
 from initium.record import record
 
 TYPE_CHECKING = False
@@ -32,6 +32,12 @@ DIGESTS_PATH = "/.initium/digests.marshal"
 DIGESTS_COMPONENT = "digests"
 DIGESTS_VERSION = 1
 MAX_DIGESTS_BYTES = 64 << 10
+# marshal's format 0 writes values only: from format 3 on, objects referenced
+# twice become back-references (and from 1 on, interned strings are flagged),
+# so equal digests would give different bytes depending on whether they came
+# from a fresh build or from an old manifest read back (single-component
+# rebuilds), and the image would not be reproducible.
+DIGESTS_MARSHAL_FORMAT = 0
 MAX_COMPONENTS = 64
 _HEXDIGITS = "0123456789abcdef"
 _COMPRESSIONS = ("none", "zstd", "gzip", "xz", "lzma", "bzip2")
@@ -63,7 +69,7 @@ def _is_sha256(text: object) -> bool:
 def to_bytes(components: list[ComponentDigest]) -> bytes:
     doc = {"version": DIGESTS_VERSION, "components": [c.as_dict() for c in components]}
     check_plain(doc)
-    return marshal.dumps(doc, MARSHAL_FORMAT)
+    return marshal.dumps(doc, DIGESTS_MARSHAL_FORMAT)
 
 
 def from_bytes(data: bytes) -> list[ComponentDigest]:

@@ -343,6 +343,110 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     return image, manifest, plan
 
 
+def parts_of(image: bytes, manifest: dict[str, Any]) -> dict[str, Part]:
+    """The components of an image (verified against ``manifest``), bytes exactly as stored."""
+    found = {}
+    for comp in manifest["components"]:
+        if comp["name"] == DIGESTS_COMPONENT:
+            continue
+        description = {k: v for k, v in comp.items() if k not in ("name", "offset")}
+        found[comp["name"]] = Part(comp["name"],
+                                   image[comp["offset"] : comp["offset"] + comp["length"]],
+                                   description)
+    return found
+
+
+def _frozen_name(module: str) -> tuple[str, str]:
+    base = module.replace(".", "/")
+    return f"{base}.pyc", f"{base}/__init__.pyc"
+
+
+def _plan_of(part: Part) -> Plan:
+    from .compress import decompress
+    from .cpio import read_archive
+
+    method = part.description["compression"]
+    archive = part.data if method == "none" else \
+        decompress(part.data, limit=part.description["uncompressed_size"])
+    for entry in read_archive(archive):
+        if "/" + entry.path == PLAN_PATH:
+            return Plan.from_bytes(entry.data)
+    raise BuildError(f"the kept {part.name} component holds no plan ({PLAN_PATH})")
+
+
+def _check_mix(plan: Plan, parts: list[Part], frozen: set[str]) -> None:
+    """Refuse a mix that cannot boot: a plan naming code or modules the image lacks."""
+    for entry in plan.stages:
+        module = entry.ref.partition(":")[0]
+        if frozen and not frozen & set(_frozen_name(module)):
+            raise BuildError(f"stage {entry.name} needs {module}, which the image's core "
+                             "does not carry; rebuild core as well")
+    present = {f["path"] for part in parts for f in part.description["files"]}
+    for module in plan.stage_data("modules").get("modules", []):
+        path = module.get("path") if isinstance(module, dict) else None
+        if isinstance(path, str) and path not in present:
+            raise BuildError(f"the plan loads {path}, which the image does not carry; "
+                             "rebuild modules (or policy) as well")
+
+
+def _drift(name: str, kept: Part, fresh: Part | None) -> str | None:
+    """A note when this build would have made a kept component differently."""
+    if fresh is None:
+        return f"{name}: kept, although this build would leave it out"
+    if fresh.description["uncompressed_sha256"] == kept.description["uncompressed_sha256"]:
+        return None
+    old = {f["path"]: f for f in kept.description["files"]}
+    new = {f["path"]: f for f in fresh.description["files"]}
+    changed = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    shown = ", ".join(changed[:3]) + (", …" if len(changed) > 3 else "")
+    return f"{name}: kept as it was; this build would change {len(changed)} entries ({shown})"
+
+
+def rebuild_image(config: BuildConfig, kver: str, stages: list[Stage], mtime: int, *,
+                  component: str, old_image: bytes, old_manifest: dict[str, Any],
+                  ) -> tuple[bytes, dict[str, Any], Plan, list[str]]:
+    """Build ``component`` anew and keep every other component's bytes from the old image.
+
+    The old image must match its manifest (it is verified first), and the
+    new plan must find what it needs in the kept components.  Returns the
+    image, its manifest, the plan and notes on kept components that this
+    build would have made differently.
+    """
+    from .verify import verify
+
+    if component not in COMPONENTS:
+        raise BuildError(f"--component {component}: choose one of {', '.join(COMPONENTS)} "
+                         f"({DIGESTS_COMPONENT} is always rewritten)")
+    mismatch = verify(old_image, old_manifest)
+    if mismatch is not None:
+        raise BuildError(f"--reuse: the old image does not match its manifest: {mismatch}")
+    if old_manifest.get("kver") != kver:
+        raise BuildError(f"--reuse: the old image is for kernel {old_manifest.get('kver')}, "
+                         f"this build for {kver}")
+    fresh_parts, plan, interpreter = _build_parts(config, kver, stages, mtime)
+    fresh = {p.name: p for p in fresh_parts}
+    if component not in fresh:
+        raise BuildError(f"--component {component}: this build leaves it empty")
+    old = parts_of(old_image, old_manifest)
+    kept = {name: part for name, part in old.items() if name != component}
+    notes = [n for name, part in kept.items() if (n := _drift(name, part, fresh.get(name)))]
+    chosen = [fresh[name] if name == component else kept[name]
+              for name in COMPONENTS if name == component or name in kept]
+    # The plan that will boot is the one in the policy component the image ends up with.
+    if component != "policy":
+        plan = _plan_of(kept["policy"]) if "policy" in kept else plan
+    if component != "core":
+        interpreter = old_manifest.get("interpreter", {})
+    _check_mix(plan, chosen, set(interpreter.get("modules", [])))
+    image, manifest = assemble(chosen, mtime)
+    manifest["kver"] = kver
+    manifest["stages"] = plan.names
+    manifest["interpreter"] = interpreter
+    manifest["reused"] = {"sha256": old_manifest["sha256"],
+                          "components": [name for name in COMPONENTS if name in kept]}
+    return image, manifest, plan, notes
+
+
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode()
 
