@@ -182,10 +182,12 @@ def _write_atomically(path: str, data: bytes) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     import stat
 
-    from initium.packaging.reader import read_image
+    from initium.packaging.reader import read_image, suspicious
     from initium.plan import PLAN_PATH, Plan
 
     files = read_image(args.image)
+    for problem in suspicious(files):
+        print(f"warning: {problem}")
     for path, (label, entry) in sorted(files.items()):
         kind = stat.filemode(entry.mode)
         extra = f" -> {entry.data.decode(errors='replace')}" if stat.S_ISLNK(entry.mode) else ""

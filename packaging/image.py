@@ -402,6 +402,16 @@ def _drift(name: str, kept: Part, fresh: Part | None) -> str | None:
     return f"{name}: kept as it was; this build would change {len(changed)} entries ({shown})"
 
 
+def stitch(component: str, new: Part, old_image: bytes, old_manifest: dict[str, Any],
+           ) -> tuple[dict[str, Part], list[Part]]:
+    """The parts kept from the old image, and every part in image order with ``new`` in."""
+    kept = {name: part for name, part in parts_of(old_image, old_manifest).items()
+            if name != component}
+    chosen = [new if name == component else kept[name]
+              for name in COMPONENTS if name == component or name in kept]
+    return kept, chosen
+
+
 def rebuild_image(config: BuildConfig, kver: str, stages: list[Stage], mtime: int, *,
                   component: str, old_image: bytes, old_manifest: dict[str, Any],
                   ) -> tuple[bytes, dict[str, Any], Plan, list[str]]:
@@ -427,11 +437,8 @@ def rebuild_image(config: BuildConfig, kver: str, stages: list[Stage], mtime: in
     fresh = {p.name: p for p in fresh_parts}
     if component not in fresh:
         raise BuildError(f"--component {component}: this build leaves it empty")
-    old = parts_of(old_image, old_manifest)
-    kept = {name: part for name, part in old.items() if name != component}
+    kept, chosen = stitch(component, fresh[component], old_image, old_manifest)
     notes = [n for name, part in kept.items() if (n := _drift(name, part, fresh.get(name)))]
-    chosen = [fresh[name] if name == component else kept[name]
-              for name in COMPONENTS if name == component or name in kept]
     # The plan that will boot is the one in the policy component the image ends up with.
     if component != "policy":
         plan = _plan_of(kept["policy"]) if "policy" in kept else plan

@@ -12,9 +12,9 @@ digest matches: a manifest that lies about a file's digest, mode or xattrs,
 or about the component digests embedded in the image, is itself a mismatch.
 
 Work is bounded by the inputs, never by a clock: bytes hashed are at most
-twice the image plus twice the uncompressed sizes the manifest declares, and
-decompression stops at the declared size of each component (the manifest
-cannot declare more than ``MAX_UNCOMPRESSED`` in all).  ``Work`` counts it,
+three times the image plus twice what is decompressed, and decompression stops at
+``slack(declared size)`` for each component (the manifest cannot declare more
+than ``MAX_UNCOMPRESSED`` in all).  ``Work`` counts it,
 so tests can hold the code to that bound.
 
 Pure functions over bytes and a decoded manifest; reading the files is the
@@ -33,7 +33,7 @@ from initium.components import DIGESTS_COMPONENT, DIGESTS_PATH, DigestsError
 from initium.xattrlist import LIST_DIR, NAMESPACES, XattrListError
 from initium.xattrlist import parse as parse_xattr_list
 
-from .compress import CompressionError, decompress
+from .compress import CompressionError, decompress, segment_at
 from .cpio import CpioError, Entry, read_records
 
 EXIT_OK = 0
@@ -45,6 +45,14 @@ MAX_UNCOMPRESSED = 1 << 30
 MAX_COMPONENTS = 64
 MAX_FILES = 1 << 20
 KERNEL_LIST = "/.xattr-list"
+SLACK = 64 << 10
+
+
+def slack(declared: int) -> int:
+    """How much a component may decompress to: enough past its declared size to name a
+    file that was added, still linear in what the manifest declares."""
+    return 2 * declared + SLACK
+
 _COMPRESSIONS = ("none", "zstd", "gzip", "xz", "lzma", "bzip2")
 _HEX = frozenset("0123456789abcdef")
 _MAGIC = {"zstd": b"\x28\xb5\x2f\xfd", "gzip": b"\x1f\x8b", "xz": b"\xfd7zXZ\x00",
@@ -259,6 +267,7 @@ class _Component:
 
     def __init__(self, ref: ComponentRef, work: Work) -> None:
         self.ref, self.work = ref, work
+        self.stream_end: int | None = None  # where the stream really ends, when not at ref.end
 
     def fail(self, reason: str, inner: int | None = None, path: str | None = None) -> _Found:
         ref = self.ref
@@ -266,7 +275,7 @@ class _Component:
             return _Found(Mismatch(reason, ref.offset + inner, ref.name, path))
         return _Found(Mismatch(reason, ref.offset, ref.name, path, inner))
 
-    def archive(self, data: bytes, stored_ok: bool) -> bytes:
+    def archive(self, image: bytes, data: bytes, stored_ok: bool) -> bytes:
         ref = self.ref
         differs = "" if stored_ok else "stored bytes differ from the manifest's sha256 and "
         magic = _MAGIC[ref.compression]
@@ -275,11 +284,19 @@ class _Component:
                             f"data (found {data[:6].hex(' ')})")
         if ref.compression == "none":
             return data
+        limit = slack(ref.uncompressed_size)
         try:
-            out = decompress(data, limit=ref.uncompressed_size)
+            out = decompress(data, limit=limit)
         except CompressionError as err:
-            raise self.fail(f"{differs}{ref.compression} data within the component: "
-                            f"{err}") from None
+            # A component that grew or shrank: read the stream where the kernel would,
+            # so the file that changed can still be named.
+            try:
+                segment = segment_at(image, ref.offset, limit=limit)
+            except (CompressionError, CpioError):
+                raise self.fail(f"{differs}{ref.compression} data within the component: "
+                                f"{err}") from None
+            out = segment.payload_uncompressed
+            self.stream_end = ref.offset + segment.length
         self.work.decompressed += len(out)
         return out
 
@@ -389,7 +406,7 @@ def _verify_component(image: bytes, ref: ComponentRef, earlier: tuple[ComponentR
                               len(image), ref.name))
     data = image[ref.offset : ref.end]
     stored_ok = _sha256(data, work) == ref.sha256
-    archive = check.archive(data, stored_ok)
+    archive = check.archive(image, data, stored_ok)
     unpacked_ok = len(archive) == ref.uncompressed_size and \
         _sha256(archive, work) == ref.uncompressed_sha256
     entries = check.entries(archive)
@@ -397,6 +414,9 @@ def _verify_component(image: bytes, ref: ComponentRef, earlier: tuple[ComponentR
     check.xattrs(entries, files)
     if ref.name == DIGESTS_COMPONENT:
         _check_embedded(check, files, earlier)
+    if check.stream_end is not None:
+        raise check.fail(f"the {ref.compression} stream ends at image offset "
+                         f"{check.stream_end}, the manifest says {ref.end}")
     if not stored_ok:
         raise check.fail(f"stored bytes' sha256 differs from the manifest's {ref.sha256}, "
                          "yet every file matches")
