@@ -77,6 +77,11 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--interpreter", choices=("host", "static"),
                        help="host: this host's Python and its libraries; static: one static "
                             "ELF built from CPython's source and cached (default: static)")
+    build.add_argument("--component", choices=("early", "core", "modules", "policy"),
+                       help="with --reuse: build only this component, keep the others' bytes")
+    build.add_argument("--reuse", metavar="OLD_IMG",
+                       help="with --component: the image (and OLD_IMG.manifest.json) whose "
+                            "other components are kept byte for byte")
 
     run = sub.add_parser("run", help="run the stage plan on this host, changing nothing",
                          description="Run the stages through the dry-run system: print every "
@@ -102,6 +107,22 @@ def parser() -> argparse.ArgumentParser:
 
     inspect = sub.add_parser("inspect", help="list an image's files and stage order")
     inspect.add_argument("image", metavar="IMG")
+
+    verify = sub.add_parser(
+        "verify", help="check an image against its manifest",
+        description="Check every component's byte range and digests and every file against "
+                    "the manifest; name the first mismatch. Exit status: 0 the image matches, "
+                    "1 it does not, 2 the image or the manifest cannot be used.")
+    verify.add_argument("image", metavar="IMG")
+    verify.add_argument("--manifest", metavar="M", help="default: IMG.manifest.json")
+
+    manifest = sub.add_parser(
+        "manifest", help="print an image's manifest or its keylime reference digests",
+        description="Verify IMG against its manifest, then print the manifest (json) or a "
+                    "keylime runtime policy allowing exactly its files (keylime).")
+    manifest.add_argument("image", metavar="IMG")
+    manifest.add_argument("--manifest", metavar="M", help="default: IMG.manifest.json")
+    manifest.add_argument("--format", choices=("json", "keylime"), default="json")
     return top
 
 
@@ -163,10 +184,24 @@ def _build(args: argparse.Namespace) -> int:
         mtime = int(epoch_env) if epoch_env else (config.source_date_epoch or 0)
     except ValueError:
         raise UserError(f"SOURCE_DATE_EPOCH={epoch_env!r} is not an integer") from None
-    image, manifest, plan = build_image(config, kver, load_stages(config.all_stages), mtime)
+    if (args.component is None) != (args.reuse is None):
+        raise UserError("--component and --reuse go together")
+    if args.reuse:
+        from initium.packaging.image import rebuild_image
+
+        old_image, old_manifest = _load_pair(args.reuse, None)
+        image, manifest, plan, notes = rebuild_image(
+            config, kver, load_stages(config.all_stages), mtime, component=args.component,
+            old_image=old_image, old_manifest=old_manifest)
+        for note in notes:
+            print(f"initium build: note: {note}")
+    else:
+        image, manifest, plan = build_image(config, kver, load_stages(config.all_stages), mtime)
     _write_atomically(args.output, image)
     _write_atomically(args.output + ".manifest.json", manifest_bytes(manifest))
     parts = ", ".join(f"{c['name']} {c['length']} ({c['compression']})"
+                      + (" kept" if c["name"] in manifest.get("reused", {}).get("components", ())
+                         else "")
                       for c in manifest["components"])
     print(f"initium: wrote {args.output}: {len(image)} bytes [{parts}] for {kver}; "
           f"stages: {' → '.join(plan.names)}; {time.monotonic() - started:.2f} s")
@@ -183,10 +218,12 @@ def _write_atomically(path: str, data: bytes) -> None:
 def _inspect(args: argparse.Namespace) -> int:
     import stat
 
-    from initium.packaging.reader import read_image
+    from initium.packaging.reader import read_image, suspicious
     from initium.plan import PLAN_PATH, Plan
 
     files = read_image(args.image)
+    for problem in suspicious(files):
+        print(f"warning: {problem}")
     for path, (label, entry) in sorted(files.items()):
         kind = stat.filemode(entry.mode)
         extra = f" -> {entry.data.decode(errors='replace')}" if stat.S_ISLNK(entry.mode) else ""
@@ -209,6 +246,68 @@ def _print_interpreter(files: dict[str, bytes]) -> None:
     kind, size, modules = describe_interpreter(files)
     print(f"interpreter: {kind}, {size} bytes, {len(modules)} frozen modules")
     print(f"frozen: {' '.join(modules)}")
+
+
+MAX_MANIFEST_BYTES = 256 << 20
+
+
+def _load_pair(image_path: str, manifest_path: str | None) -> tuple[bytes, Any]:
+    """The image's bytes and its decoded manifest; UserError (exit 2) when unusable."""
+    import json
+
+    manifest_path = manifest_path or image_path + ".manifest.json"
+    try:
+        with open(image_path, "rb") as f:
+            image = f.read()
+        with open(manifest_path, "rb") as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as err:
+        raise UserError(f"{err.filename}: {err.strerror}") from None
+    if len(text) > MAX_MANIFEST_BYTES:
+        raise UserError(f"{manifest_path}: over {MAX_MANIFEST_BYTES} bytes; not a manifest")
+    try:
+        return image, json.loads(text)
+    except (ValueError, RecursionError) as err:
+        raise UserError(f"{manifest_path}: not JSON: {err}") from None
+
+
+def _verified(args: argparse.Namespace) -> tuple[Any, int]:
+    """The manifest once the image matched it, or the exit status and a message printed."""
+    from initium.packaging.verify import EXIT_MISMATCH, EXIT_OK, ManifestError, verify
+
+    image, doc = _load_pair(args.image, args.manifest)
+    try:
+        mismatch = verify(image, doc)
+    except ManifestError as err:
+        raise UserError(f"{args.manifest or args.image + '.manifest.json'}: {err}") from None
+    if mismatch is not None:
+        print(f"initium {args.command}: {args.image} does not match its manifest: {mismatch}",
+              file=sys.stderr)
+        return doc, EXIT_MISMATCH
+    return doc, EXIT_OK
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from initium.packaging.verify import file_count
+
+    doc, status = _verified(args)
+    if status == 0:
+        names = ", ".join(c["name"] for c in doc["components"])
+        print(f"initium verify: {args.image} matches its manifest: {doc['size']} bytes, "
+              f"sha256 {doc['sha256']}, components {names}, {file_count(doc)} entries")
+    return status
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    import json
+
+    from initium.packaging.keylime import runtime_policy
+
+    doc, status = _verified(args)
+    if status == 0:
+        out = runtime_policy(doc) if args.format == "keylime" else doc
+        print(json.dumps(out, indent=1, sort_keys=args.format == "json"))
+    return status
 
 
 def _dry_run(args: argparse.Namespace) -> int:
@@ -290,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from initium.process import ProcessError
 
     args = parser().parse_args(argv)
-    handlers = {"build": _build, "run": _dry_run, "qemu": _qemu, "inspect": _inspect}
+    handlers = {"build": _build, "run": _dry_run, "qemu": _qemu, "inspect": _inspect,
+                "verify": _verify, "manifest": _manifest}
     try:
         return handlers[args.command](args)
     except UserError as err:

@@ -70,7 +70,7 @@ class Plan:
             "default_emergency": self.default_emergency,
             "stages": [{"name": s.name, "ref": s.ref, "data": s.data} for s in self.stages],
         }
-        _check_plain(doc, 0)
+        check_plain(doc, 0)
         return marshal.dumps(doc, MARSHAL_FORMAT)
 
     @classmethod
@@ -82,7 +82,7 @@ class Plan:
         except (ValueError, EOFError, TypeError, MemoryError, RecursionError) as err:
             raise PlanError(f"plan is not readable: {_one_line(err)}") from None
         try:
-            _check_plain(doc, 0)
+            check_plain(doc, 0)
         except ValueError as err:
             raise PlanError(f"plan holds {err}") from None
         if not isinstance(doc, dict) or doc.get("version") != PLAN_VERSION:
@@ -118,7 +118,7 @@ class Plan:
         return loaded
 
 
-def _check_plain(value: object, depth: int) -> None:
+def check_plain(value: object, depth: int = 0) -> None:
     """Plain data only: a corrupt file must not hand the init a code object or a set."""
     if depth > MAX_DEPTH:
         raise ValueError(f"data nested deeper than {MAX_DEPTH}")
@@ -128,11 +128,11 @@ def _check_plain(value: object, depth: int) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ValueError(f"a key of type {type(key).__name__}")
-            _check_plain(item, depth + 1)
+            check_plain(item, depth + 1)
         return
     if isinstance(value, list | tuple):
         for item in value:
-            _check_plain(item, depth + 1)
+            check_plain(item, depth + 1)
         return
     raise ValueError(f"a {type(value).__name__}, which a plan never holds")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 
 from initium import jsonlite, ops
+from initium.components import read_digests
 from initium.failure import Decision, carry_out, decide, decide_break
 from initium.options import OptionTableError, option_table
 from initium.record import asdict, field, record
@@ -190,6 +191,10 @@ class Runner:
         self.started = started
         self.python_ready = python_ready
         self.timeline: list[TimelineEntry] = []
+        # What the builder recorded about the components this boot came from:
+        # read before anything can delete the initramfs, copied into the timeline.
+        self.components: list[dict[str, object]] | None = None
+        self.components_error: str | None = None
 
     def _breaks(self, outcome: Outcome) -> set[str]:
         names = [s.name for s in self.stages]
@@ -211,6 +216,9 @@ class Runner:
         """Run every stage; return only when done, in a dry run, or after a halt that returned."""
         ctx, sys = self.ctx, self.ctx.sys
         outcome = Outcome(ok=True, timeline=self.timeline)
+        digests, self.components_error = read_digests(sys)
+        if digests is not None:
+            self.components = [d.as_dict() for d in digests]
         breaks: set[str] | None = None
         for stage in self.stages:
             ctx.stage = stage.name
@@ -301,8 +309,12 @@ class Runner:
     def _write_timeline(self) -> None:
         """Leave the timeline for the real root, and print it when asked."""
         ctx = self.ctx
-        doc = {"python_ready": self.python_ready, "init_start": self.started,
-               "stages": [asdict(e) for e in self.timeline]}
+        doc: dict[str, object] = {"python_ready": self.python_ready,
+                                  "init_start": self.started,
+                                  "stages": [asdict(e) for e in self.timeline],
+                                  "components": self.components}
+        if self.components_error is not None:
+            doc["components_error"] = self.components_error
         try:
             ctx.sys.apply(ops.MakeDir("/run/initium"))
             ctx.sys.apply(ops.WriteFile(TIMELINE_PATH, jsonlite.dumps(doc).encode() + b"\n"))

@@ -288,18 +288,24 @@ def split_image(data: bytes, *, limit: int = DEFAULT_LIMIT) -> list[Segment]:
     total = 0
     pos = _skip_nuls(data, 0)
     while pos < len(data):
-        method = _detect(data, pos)
-        if method is None:
-            raise _unknown(data, pos)
-        if method == "none":
-            if pos & 3:
-                raise CompressionError(f"cpio archive at offset {pos} is not 4-byte aligned")
-            end = archive_end(data, pos)
-            payload = data[pos:end]
-        else:
-            end, out = _one_stream(method, data, pos, limit - total)
-            payload = _unzstd(data[pos:end], limit - total) if out is None else out
-            total += len(payload)
-        segments.append(Segment(pos, end - pos, method, payload))
-        pos = _skip_nuls(data, end)
+        segment = segment_at(data, pos, limit=limit - total)
+        if segment.compression != "none":
+            total += len(segment.payload_uncompressed)
+        segments.append(segment)
+        pos = _skip_nuls(data, pos + segment.length)
     return segments
+
+
+def segment_at(data: bytes, pos: int, *, limit: int = DEFAULT_LIMIT) -> Segment:
+    """The one archive or stream that starts at ``pos``, as the kernel would read it."""
+    method = _detect(data, pos)
+    if method is None:
+        raise _unknown(data, pos)
+    if method == "none":
+        if pos & 3:
+            raise CompressionError(f"cpio archive at offset {pos} is not 4-byte aligned")
+        end = archive_end(data, pos)
+        return Segment(pos, end - pos, method, data[pos:end])
+    end, out = _one_stream(method, data, pos, limit)
+    payload = _unzstd(data[pos:end], limit) if out is None else out
+    return Segment(pos, end - pos, method, payload)

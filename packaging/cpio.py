@@ -52,6 +52,7 @@ class CpioError(ValueError):
     def __init__(self, offset: int, message: str) -> None:
         super().__init__(f"{message} (at byte offset {offset})")
         self.offset = offset
+        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -258,13 +259,23 @@ def read_archive(data: bytes) -> Iterator[Entry]:
     archive made by ``find . | cpio`` yields "." and "./x" paths.  Hard links are not
     resolved: a link group's members are yielded as separate entries.
     """
+    for _offset, entry in read_records(data):
+        yield entry
+
+
+def read_records(data: bytes) -> Iterator[tuple[int, Entry]]:
+    """``read_archive`` with the byte offset of each member's header in ``data``.
+
+    Work is linear in ``len(data)``: every record consumes at least its
+    110-byte header, and sizes are checked against the data before slicing.
+    """
     pos = _skip_nuls(data, 0)
     while pos < len(data):
         if pos & 3:
             raise CpioError(pos, "cpio header is not 4-byte aligned (broken padding)")
         record = _parse_record(data, pos)
         if not record.is_trailer:
-            yield _to_entry(record)
+            yield pos, _to_entry(record)
         pos = _skip_nuls(data, record.end)
 
 

@@ -15,20 +15,24 @@ import stat
 from dataclasses import dataclass, field
 from typing import Any
 
+from initium import components
+from initium.components import DIGESTS_COMPONENT, DIGESTS_PATH, ComponentDigest
 from initium.plan import PLAN_PATH, Plan, StageEntry
 from initium.runner import order
 from initium.stage import JSON, Stage
 
 from .compress import compress
 from .config import BuildConfig
-from .cpio import Entry, write_archive
+from .cpio import Entry, read_records, write_archive
 from .ima import attach_ima
 from .interpreter import PythonPayload, add_elf, canonical, merged_usr_links, payload_for
 from .kmodules import ModuleFile, modprobe_options, modules_dep_subset, resolve_modules
 from .selinux import attach_selinux
+from .verify import MANIFEST_FORMAT
 from .xattrs import attach_xattrs
 
 COMPONENTS = ("early", "core", "modules", "policy")
+"""The components a build makes, in image order; ``digests`` follows them."""
 BASE_DIRS = ("dev", "proc", "sys", "run", "sysroot", "tmp", "etc", "usr/bin", "usr/lib")
 INITRD_RELEASE = b'NAME="initium"\nID=initium\nPRETTY_NAME="initium initramfs"\n'
 BUSYBOX = "/bin/busybox"
@@ -198,10 +202,9 @@ class ImageBuilder:
 
     # -- output ------------------------------------------------------------
 
-    def write(self, mtime: int) -> tuple[bytes, dict[str, Any]]:
-        """The image bytes and its manifest (components with byte ranges, every file's digest)."""
-        image = bytearray()
-        described = []
+    def parts(self, mtime: int) -> list[Part]:
+        """Each non-empty component as archived and compressed, with its manifest entry."""
+        parts = []
         for comp in self.components.values():
             if not comp.entries:
                 continue
@@ -211,27 +214,79 @@ class ImageBuilder:
             method = self.config.compress if comp.compressed else "none"
             data = compress(archive, method, self.config.compress_level) \
                 if method != "none" else archive
-            described.append({
-                "name": comp.name,
-                "offset": len(image),
-                "length": len(data),
-                "compression": method,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
-                "uncompressed_size": len(archive),
-                "files": [_describe(e, comp.xattrs.get(e.path, {}))
-                          for e in sorted((*comp.entries.values(), *comp.tail.values()),
-                                          key=lambda e: e.path)],
-            })
-            image += data
-            # The kernel reads an uncompressed archive only at a 4-byte aligned
-            # offset and skips NULs between segments: padding keeps the image
-            # appendable (microcode or an overlay cpio added by another tool).
-            image += bytes(-len(image) % 4)
-        manifest = {"format": "initium-manifest/1", "kver": self.kver,
-                    "size": len(image), "sha256": hashlib.sha256(image).hexdigest(),
-                    "components": described}
-        return bytes(image), manifest
+            parts.append(describe_part(comp.name, method, data, archive, comp.xattrs))
+        return parts
+
+
+@dataclass(frozen=True)
+class Part:
+    """One component as it goes into an image: its stored bytes and its manifest entry.
+
+    ``description`` is the entry without ``name`` and ``offset``, which depend
+    on where the component lands; a component kept from an older image is a
+    Part made from that image's bytes and manifest.
+    """
+
+    name: str
+    data: bytes
+    description: dict[str, Any]
+
+
+def describe_part(name: str, method: str, data: bytes, archive: bytes,
+                  xattrs: dict[str, dict[str, bytes]]) -> Part:
+    """The Part for a component; its file list is read back from the archive itself.
+
+    Reading back lists what the kernel will unpack, including the parent
+    directories the cpio writer adds, so a verifier can tell any extra entry
+    from an expected one.
+    """
+    entries = sorted((entry for _, entry in read_records(archive)), key=lambda e: e.path)
+    return Part(name, data, {
+        "length": len(data),
+        "compression": method,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "uncompressed_sha256": hashlib.sha256(archive).hexdigest(),
+        "uncompressed_size": len(archive),
+        "files": [_describe(e, xattrs.get(e.path, {})) for e in entries],
+    })
+
+
+def digests_part(digests: list[ComponentDigest], mtime: int) -> Part:
+    """The last component: the digests of every earlier one, for the init's timeline."""
+    data = components.to_bytes(digests)
+    entry = Entry(DIGESTS_PATH.lstrip("/"), stat.S_IFREG | 0o444, data)
+    archive = write_archive([entry], mtime=mtime)
+    return describe_part(DIGESTS_COMPONENT, "none", archive, archive, {})
+
+
+def assemble(parts: list[Part], mtime: int) -> tuple[bytes, dict[str, Any]]:
+    """Concatenate components (each padded to 4 bytes) and add the digests component.
+
+    The kernel reads an uncompressed archive only at a 4-byte aligned offset and
+    skips NULs between segments: padding keeps the image appendable (microcode or
+    an overlay cpio added by another tool).
+    """
+    image = bytearray()
+    described: list[dict[str, Any]] = []
+    digests: list[ComponentDigest] = []
+
+    def add(part: Part) -> None:
+        offset = len(image)
+        image.extend(part.data)
+        image.extend(bytes(-len(image) % 4))
+        described.append({"name": part.name, "offset": offset, **part.description})
+        d = part.description
+        digests.append(ComponentDigest(part.name, offset, d["length"], d["compression"],
+                                       d["sha256"], d["uncompressed_sha256"]))
+
+    for part in parts:
+        if part.name == DIGESTS_COMPONENT:
+            raise BuildError(f"{DIGESTS_COMPONENT!r} is made by assemble, not given to it")
+        add(part)
+    add(digests_part(digests, mtime))
+    manifest = {"format": MANIFEST_FORMAT, "size": len(image),
+                "sha256": hashlib.sha256(image).hexdigest(), "components": described}
+    return bytes(image), manifest
 
 
 def _describe(entry: Entry, xattrs: dict[str, bytes]) -> dict[str, Any]:
@@ -271,8 +326,8 @@ def plan_for_host(config: BuildConfig, kver: str) -> Plan:
     return _resolve(ImageBuilder(config, kver), load_stages(config.all_stages))[1]
 
 
-def build_image(config: BuildConfig, kver: str, stages: list[Stage],
-                mtime: int) -> tuple[bytes, dict[str, Any], Plan]:
+def _build_parts(config: BuildConfig, kver: str, stages: list[Stage],
+                 mtime: int) -> tuple[list[Part], Plan, dict[str, Any]]:
     builder = ImageBuilder(config, kver)
     ordered, plan = _resolve(builder, stages)
     for d in BASE_DIRS:
@@ -297,12 +352,130 @@ def build_image(config: BuildConfig, kver: str, stages: list[Stage],
     attach_selinux(builder)
     attach_ima(builder)
     attach_xattrs(builder)
-    image, manifest = builder.write(mtime)
+    interpreter = {"kind": payload.kind, "version": payload.version,
+                   "size": payload.interpreter_size, "modules": list(payload.modules)}
+    return builder.parts(mtime), plan, interpreter
+
+
+def build_image(config: BuildConfig, kver: str, stages: list[Stage],
+                mtime: int) -> tuple[bytes, dict[str, Any], Plan]:
+    parts, plan, interpreter = _build_parts(config, kver, stages, mtime)
+    image, manifest = assemble(parts, mtime)
+    manifest["kver"] = kver
     manifest["stages"] = plan.names
-    manifest["interpreter"] = {"kind": payload.kind, "version": payload.version,
-                               "size": payload.interpreter_size,
-                               "modules": list(payload.modules)}
+    manifest["interpreter"] = interpreter
     return image, manifest, plan
+
+
+def parts_of(image: bytes, manifest: dict[str, Any]) -> dict[str, Part]:
+    """The components of an image (verified against ``manifest``), bytes exactly as stored."""
+    found = {}
+    for comp in manifest["components"]:
+        if comp["name"] == DIGESTS_COMPONENT:
+            continue
+        description = {k: v for k, v in comp.items() if k not in ("name", "offset")}
+        found[comp["name"]] = Part(comp["name"],
+                                   image[comp["offset"] : comp["offset"] + comp["length"]],
+                                   description)
+    return found
+
+
+def _frozen_name(module: str) -> tuple[str, str]:
+    base = module.replace(".", "/")
+    return f"{base}.pyc", f"{base}/__init__.pyc"
+
+
+def _plan_of(part: Part) -> Plan:
+    from .compress import decompress
+    from .cpio import read_archive
+
+    method = part.description["compression"]
+    archive = part.data if method == "none" else \
+        decompress(part.data, limit=part.description["uncompressed_size"])
+    for entry in read_archive(archive):
+        if "/" + entry.path == PLAN_PATH:
+            return Plan.from_bytes(entry.data)
+    raise BuildError(f"the kept {part.name} component holds no plan ({PLAN_PATH})")
+
+
+def _check_mix(plan: Plan, parts: list[Part], frozen: set[str]) -> None:
+    """Refuse a mix that cannot boot: a plan naming code or modules the image lacks."""
+    for entry in plan.stages:
+        module = entry.ref.partition(":")[0]
+        if frozen and not frozen & set(_frozen_name(module)):
+            raise BuildError(f"stage {entry.name} needs {module}, which the image's core "
+                             "does not carry; rebuild core as well")
+    present = {f["path"] for part in parts for f in part.description["files"]}
+    for module in plan.stage_data("modules").get("modules", []):
+        path = module.get("path") if isinstance(module, dict) else None
+        if isinstance(path, str) and path not in present:
+            raise BuildError(f"the plan loads {path}, which the image does not carry; "
+                             "rebuild modules (or policy) as well")
+
+
+def _drift(name: str, kept: Part, fresh: Part | None) -> str | None:
+    """A note when this build would have made a kept component differently."""
+    if fresh is None:
+        return f"{name}: kept, although this build would leave it out"
+    if fresh.description["uncompressed_sha256"] == kept.description["uncompressed_sha256"]:
+        return None
+    old = {f["path"]: f for f in kept.description["files"]}
+    new = {f["path"]: f for f in fresh.description["files"]}
+    changed = sorted(p for p in old.keys() | new.keys() if old.get(p) != new.get(p))
+    shown = ", ".join(changed[:3]) + (", …" if len(changed) > 3 else "")
+    return f"{name}: kept as it was; this build would change {len(changed)} entries ({shown})"
+
+
+def stitch(component: str, new: Part, old_image: bytes, old_manifest: dict[str, Any],
+           ) -> tuple[dict[str, Part], list[Part]]:
+    """The parts kept from the old image, and every part in image order with ``new`` in."""
+    kept = {name: part for name, part in parts_of(old_image, old_manifest).items()
+            if name != component}
+    chosen = [new if name == component else kept[name]
+              for name in COMPONENTS if name == component or name in kept]
+    return kept, chosen
+
+
+def rebuild_image(config: BuildConfig, kver: str, stages: list[Stage], mtime: int, *,
+                  component: str, old_image: bytes, old_manifest: dict[str, Any],
+                  ) -> tuple[bytes, dict[str, Any], Plan, list[str]]:
+    """Build ``component`` anew and keep every other component's bytes from the old image.
+
+    The old image must match its manifest (it is verified first), and the
+    new plan must find what it needs in the kept components.  Returns the
+    image, its manifest, the plan and notes on kept components that this
+    build would have made differently.
+    """
+    from .verify import verify
+
+    if component not in COMPONENTS:
+        raise BuildError(f"--component {component}: choose one of {', '.join(COMPONENTS)} "
+                         f"({DIGESTS_COMPONENT} is always rewritten)")
+    mismatch = verify(old_image, old_manifest)
+    if mismatch is not None:
+        raise BuildError(f"--reuse: the old image does not match its manifest: {mismatch}")
+    if old_manifest.get("kver") != kver:
+        raise BuildError(f"--reuse: the old image is for kernel {old_manifest.get('kver')}, "
+                         f"this build for {kver}")
+    fresh_parts, plan, interpreter = _build_parts(config, kver, stages, mtime)
+    fresh = {p.name: p for p in fresh_parts}
+    if component not in fresh:
+        raise BuildError(f"--component {component}: this build leaves it empty")
+    kept, chosen = stitch(component, fresh[component], old_image, old_manifest)
+    notes = [n for name, part in kept.items() if (n := _drift(name, part, fresh.get(name)))]
+    # The plan that will boot is the one in the policy component the image ends up with.
+    if component != "policy":
+        plan = _plan_of(kept["policy"]) if "policy" in kept else plan
+    if component != "core":
+        interpreter = old_manifest.get("interpreter", {})
+    _check_mix(plan, chosen, set(interpreter.get("modules", [])))
+    image, manifest = assemble(chosen, mtime)
+    manifest["kver"] = kver
+    manifest["stages"] = plan.names
+    manifest["interpreter"] = interpreter
+    manifest["reused"] = {"sha256": old_manifest["sha256"],
+                          "components": [name for name in COMPONENTS if name in kept]}
+    return image, manifest, plan, notes
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from initium.plan import PLAN_PATH, Plan
 
-from .compress import split_image
-from .cpio import Entry, read_archive
+from .compress import CompressionError, split_image
+from .cpio import CpioError, Entry, read_records
+
+INSPECT_LIMIT = 1 << 30
+"""Most bytes ``inspect`` decompresses: a few kilobytes of zstd can claim gigabytes."""
 
 
 class ImageError(ValueError):
@@ -24,12 +27,50 @@ def read_image(path: str) -> dict[str, tuple[str, Entry]]:
             data = f.read()
     except OSError as err:
         raise ImageError(f"{path}: {err.strerror}") from None
+    return image_files(data)
+
+
+def image_files(data: bytes, limit: int = INSPECT_LIMIT) -> dict[str, tuple[str, Entry]]:
+    """``read_image`` over bytes; every fault is an ImageError naming the image offset.
+
+    A later segment's entry replaces an earlier one of the same path, as the
+    kernel's unpacking does.  At most ``limit`` bytes are decompressed.
+    """
+    try:
+        segments = split_image(data, limit=limit)
+    except CpioError as err:
+        raise ImageError(f"image offset {err.offset}: {err.reason}") from None
+    except CompressionError as err:
+        raise ImageError(str(err)) from None
     files: dict[str, tuple[str, Entry]] = {}
-    for index, segment in enumerate(split_image(data)):
+    for index, segment in enumerate(segments):
         label = f"#{index} {segment.compression}"
-        for entry in read_archive(segment.payload_uncompressed):
-            files["/" + entry.path] = (label, entry)
+        try:
+            for _offset, entry in read_records(segment.payload_uncompressed):
+                files["/" + entry.path] = (label, entry)
+        except CpioError as err:
+            where = f"image offset {segment.offset + err.offset}" \
+                if segment.compression == "none" else \
+                f"segment {label} at image offset {segment.offset}, uncompressed offset " \
+                f"{err.offset}"
+            raise ImageError(f"{where}: {err.reason}") from None
     return files
+
+
+def suspicious(files: dict[str, tuple[str, Entry]]) -> list[str]:
+    """Entries a reader of the image should know about: names that leave or dodge the root.
+
+    The kernel resolves names against the rootfs it fills, so ``..`` cannot
+    escape it there, but a tool that extracts the archive elsewhere could be
+    led outside; an absolute symlink target is normal inside an initramfs
+    and is only shown, never followed.
+    """
+    found = []
+    for path, (label, _entry) in sorted(files.items()):
+        parts = path[1:].split("/")
+        if path.startswith("//") or any(p in ("", ".", "..") for p in parts):
+            found.append(f"{label}: name {path[1:]!r} has an empty, '.' or '..' component")
+    return found
 
 
 def plan_in(files: dict[str, tuple[str, Entry]], path: str) -> Plan:

@@ -19,7 +19,7 @@ import subprocess
 import rootdisk
 from initium import process
 from initium.packaging.config import BuildConfig
-from initium.packaging.image import ImageBuilder
+from initium.packaging.image import ImageBuilder, assemble
 from initium.packaging.kernel import kernel_image
 from initium.packaging.qemu import boot_argv
 
@@ -62,7 +62,7 @@ def setup_image(kver: str, path: str) -> None:
     modules = builder.add_modules(SETUP_MODULES, SETUP_OPTIONAL)
     builder.add_file("modules", "\n".join(m["path"] for m in modules).encode())
     builder.add_file("key", KEY, 0o400)
-    image, _ = builder.write(0)
+    image, _ = assemble(builder.parts(0), 0)
     with open(path, "wb") as f:
         f.write(image)
 
