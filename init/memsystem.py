@@ -187,14 +187,6 @@ class MemorySystem(System):
             raise FileNotFoundError(2, "No such file or directory", path)
         return sorted(names)
 
-    def scandir(self, path: str) -> list[tuple[str, bool]]:
-        names = self.listdir(path)
-        prefix = self._real(path).rstrip("/") + "/"
-        dirs = {p[len(prefix):].split("/", 1)[0] for p in self.files
-                if p.startswith(prefix) and "/" in p[len(prefix):] and self._visible(p)}
-        base = path.rstrip("/") + "/"
-        return [(n, n in dirs and base + n not in self.links) for n in names]
-
     def exists(self, path: str) -> bool:
         real = self._real(path)
         prefix = real.rstrip("/") + "/"

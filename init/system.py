@@ -65,14 +65,6 @@ class System:
     def listdir(self, path: str) -> list[str]:
         raise NotImplementedError
 
-    def scandir(self, path: str) -> list[tuple[str, bool]]:
-        """Each name in ``path`` with whether it is a directory (a symlink never is).
-
-        One read of the directory: a walk of /sys needs no stat or readlink
-        per entry, and cannot follow a link into a loop.
-        """
-        raise NotImplementedError
-
     def exists(self, path: str) -> bool:
         raise NotImplementedError
 
@@ -168,10 +160,6 @@ class LiveSystem(System):
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(path))
-
-    def scandir(self, path: str) -> list[tuple[str, bool]]:
-        with os.scandir(path) as entries:
-            return sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
 
     def exists(self, path: str) -> bool:
         return os.path.lexists(path)

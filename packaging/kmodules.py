@@ -48,6 +48,10 @@ class ModuleFile:
     needs: tuple[str, ...] = ()
 
 
+# Modaliases the init does not read: class devices (input, DMI) are on no
+# bus. A module that such a device may ask for loads on every boot instead.
+UNREAD_ALIASES = ("input:", "dmi")
+
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
                  "/usr/lib/modprobe.d", "/lib/modprobe.d")
 
@@ -126,8 +130,11 @@ def resolve_modules(kver: str, names: list[str], optional: list[str] | None = No
     always = set(required)
     if by_modalias:
         for pattern, module in parse_modules_alias(_read(os.path.join(base, "modules.alias"))):
-            if module in present and is_device_alias(pattern) and len(pattern) <= MAX_PATTERN:
+            if module in present and is_device_alias(pattern):
                 aliases.setdefault(module, []).append(pattern)
+        for module, patterns in list(aliases.items()):
+            if any(p.startswith(UNREAD_ALIASES) or len(p) > MAX_PATTERN for p in patterns):
+                del aliases[module]  # a device the init cannot match may ask for it
         always |= set(load_order([n for n in present if n not in aliases], deps, builtin,
                                  softdeps))
     else:

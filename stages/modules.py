@@ -135,6 +135,6 @@ def load_by_modalias(ctx: BootContext, items: list[JSON]) -> None:
     if wanted:
         ctx.warn(f"drivers still wanted after {MAX_ROUNDS} rounds, not loaded: "
                  f"{', '.join(sorted(wanted))}")
-    ctx.log(f"modalias: {round_} rounds, {len(walk.seen)} devices, {walk.reads} reads, "
+    ctx.log(f"modalias: {round_} rounds, {len(walk.modaliases)} modaliases in {walk.reads} reads, "
             f"{matching:.3f} s to walk and match, {ctx.sys.monotonic() - started:.3f} s "
             "with the loads")
