@@ -145,3 +145,156 @@ def cmdline_module_params(params: Iterable[tuple[str, str | None]]) -> dict[str,
             word = f"{param}={value}"
         result.setdefault(module_name(module), []).append(word)
     return result
+
+
+# -- modules.alias and modalias matching ------------------------------------
+#
+# The builder keeps, for each module of the optional default set, the aliases
+# by which the kernel's devices ask for it; the init matches the modalias of
+# every device it finds against them. Matching follows Python's
+# fnmatch.fnmatchcase (what the builder's tests compare with), which is libc's
+# fnmatch without backslash escapes and without ``[^…]`` as a negation; the
+# kernel's aliases use neither. The matcher is ours because fnmatch imports re.
+
+MAX_PATTERN = 512  # a modules.alias pattern; the kernel's longest are about 150
+MAX_MODALIAS = 4096  # a sysfs attribute is at most one page
+
+
+class GlobError(ValueError):
+    """A pattern the matcher does not take (too long)."""
+
+
+def parse_modules_alias(text: str) -> list[tuple[str, str]]:
+    """``alias PATTERN MODULE`` lines of modules.alias → [(pattern, module name)].
+
+    Comments, blank and malformed lines are skipped, as libkmod skips them.
+    """
+    result: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 3 and words[0] == "alias":
+            result.append((words[1], module_name(words[2])))
+    return result
+
+
+def is_device_alias(pattern: str) -> bool:
+    """Whether a device's modalias can match ``pattern``.
+
+    Device aliases have a bus prefix (``pci:``, ``virtio:``, ``scsi:``,
+    ``acpi*:`` …). The others (``fs-ext4``, ``block-major-8-*``,
+    ``crypto-aes``, ``devname:fuse``) are names modprobe is asked for, never
+    a device: a module having only those is not driven by hardware.
+    """
+    return ":" in pattern and not pattern.startswith("devname:")
+
+
+# A compiled pattern is a tuple of tokens: STAR, ANY, a one-character str,
+# or a class (negated, members, ranges).
+STAR = 0
+ANY = 1
+if TYPE_CHECKING:
+    Token = int | str | tuple[bool, str, tuple[tuple[str, str], ...]]
+
+
+def compile_glob(pattern: str) -> tuple[Token, ...]:
+    """``pattern`` as tokens; work linear in its length (bounded by MAX_PATTERN)."""
+    if len(pattern) > MAX_PATTERN:
+        raise GlobError(f"pattern longer than {MAX_PATTERN} characters")
+    tokens: list[Token] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == "*":
+            if not tokens or tokens[-1] != STAR:
+                tokens.append(STAR)
+        elif c == "?":
+            tokens.append(ANY)
+        elif c == "[":
+            end = _class_end(pattern, i)
+            if end < 0:
+                tokens.append("[")  # no closing bracket: a literal, as fnmatch has it
+            else:
+                tokens.append(_class(pattern[i:end]))
+                i = end + 1
+        else:
+            tokens.append(c)
+    return tuple(tokens)
+
+
+def _class_end(pattern: str, start: int) -> int:
+    """The index of the ``]`` closing the class opened before ``start``, or -1."""
+    j = start
+    if j < len(pattern) and pattern[j] == "!":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1  # a leading ] is a member
+    end = pattern.find("]", j)
+    return end
+
+
+def _class(body: str) -> tuple[bool, str, tuple[tuple[str, str], ...]]:
+    """``[body]``: ``!`` negates; ``a-z`` is a range (empty when reversed), a
+    ``-`` that cannot form one is a member, and a range ends its ``-``."""
+    negated = body.startswith("!")
+    if negated:
+        body = body[1:]
+    members: list[str] = []
+    ranges: list[tuple[str, str]] = []
+    k = 0
+    while k < len(body):
+        if k + 2 < len(body) and body[k + 1] == "-":
+            ranges.append((body[k], body[k + 2]))
+            k += 3
+        else:
+            members.append(body[k])
+            k += 1
+    return negated, "".join(members), tuple(ranges)
+
+
+def _one(token: Token, ch: str) -> bool:
+    if token == ANY:
+        return True
+    if isinstance(token, str):
+        return token == ch
+    if isinstance(token, tuple):
+        negated, members, ranges = token
+        hit = ch in members or any(lo <= ch <= hi for lo, hi in ranges)
+        return hit != negated
+    return False
+
+
+def glob_match(tokens: tuple[Token, ...], text: str) -> bool:
+    """Whether ``text`` matches the compiled pattern, as fnmatch.fnmatchcase decides.
+
+    Iterative with one backtracking point (the last ``*``): every token but
+    ``*`` takes one character, so retrying only from the last star is enough,
+    and the work is at most len(tokens) * len(text) steps, with no recursion.
+    """
+    t = p = 0
+    star_p = star_t = -1
+    n_tokens, n_text = len(tokens), len(text)
+    while t < n_text:
+        if p < n_tokens and tokens[p] == STAR:
+            star_p, star_t = p, t
+            p += 1
+        elif p < n_tokens and _one(tokens[p], text[t]):
+            p += 1
+            t += 1
+        elif star_p >= 0:
+            star_t += 1  # let the last star take one more character
+            t = star_t
+            p = star_p + 1
+        else:
+            return False
+    while p < n_tokens and tokens[p] == STAR:
+        p += 1
+    return p == n_tokens
+
+
+def literal_prefix(pattern: str) -> str:
+    """What every match starts with: the pattern up to its first special character."""
+    for i, c in enumerate(pattern):
+        if c in "*?[":
+            return pattern[:i]
+    return pattern

@@ -226,7 +226,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("modules", _str_list, "Kernel modules to include and load at boot, with their "
             "dependencies; replaces the default set "
             f"({', '.join(DEFAULT_MODULES)}), whose members are skipped when the kernel "
-            "lacks them. Builtin modules are skipped.", ""),
+            "lacks them and, at boot, loaded only when a device's modalias asks for them "
+            "(ext4, which no device asks for, always). Named modules always load. Builtin "
+            "modules are skipped.", ""),
     Setting("add_modules", _str_list, "Modules to add to the set above (--module adds here "
             "too).", "--module"),
     Setting("compress", _choice(COMPRESSIONS), "Compression of the core, modules and policy "

@@ -82,8 +82,10 @@ class ImageBuilder:
             target = image_path if image_path and path == canonical(host_path) else path
             self._put_host(target, source, payload.modes.get(path, 0o755))
 
-    def add_modules(self, names: list[str], optional: list[str] | None = None) -> list[JSON]:
-        files = resolve_modules(self.kver, names, optional, options=modprobe_options())
+    def add_modules(self, names: list[str], optional: list[str] | None = None,
+                    by_modalias: bool = False) -> list[JSON]:
+        files = resolve_modules(self.kver, names, optional, options=modprobe_options(),
+                                by_modalias=by_modalias)
         loaded = []
         for module in files:
             path = self.canonical(module.image_path)
@@ -97,6 +99,12 @@ class ImageBuilder:
             entry: JSON = {"name": module.name, "path": path, "required": module.required}
             if module.params:
                 entry["params"] = module.params
+            if module.on_demand:
+                entry["on_demand"] = True
+                if module.aliases:
+                    entry["aliases"] = list(module.aliases)
+                if module.needs:
+                    entry["needs"] = list(module.needs)
             loaded.append(entry)
         if files:
             # Two stages may add modules (modules, storage): the list covers them all.

@@ -14,11 +14,14 @@ import re
 from dataclasses import dataclass
 
 from initium.kmod import (
+    MAX_PATTERN,
     ModuleError,
+    is_device_alias,
     load_order,
     module_name,
     parse_builtin,
     parse_modprobe_options,
+    parse_modules_alias,
     parse_modules_dep,
     parse_softdeps,
 )
@@ -38,7 +41,16 @@ class ModuleFile:
     # when the kernel rejects it. The rest is the optional default set.
     required: bool = True
     params: str = ""  # from the build host's modprobe.d "options" lines
+    # Loaded only when a device's modalias matches one of ``aliases``, or as
+    # a dependency (``needs``, hard and soft, within the image) of one that is.
+    on_demand: bool = False
+    aliases: tuple[str, ...] = ()
+    needs: tuple[str, ...] = ()
 
+
+# Modaliases the init does not read: class devices (input, DMI) are on no
+# bus. A module that such a device may ask for loads on every boot instead.
+UNREAD_ALIASES = ("input:", "dmi")
 
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
                  "/usr/lib/modprobe.d", "/lib/modprobe.d")
@@ -88,13 +100,20 @@ def _plain(path: str) -> bytes:
 
 def resolve_modules(kver: str, names: list[str], optional: list[str] | None = None,
                     modules_root: str = "/lib/modules",
-                    options: dict[str, list[str]] | None = None) -> list[ModuleFile]:
+                    options: dict[str, list[str]] | None = None, *,
+                    by_modalias: bool = False) -> list[ModuleFile]:
     """The modules to load, in load order, each marked required or optional.
 
     An unknown name in ``names`` is a ModuleError; names in ``optional`` that
     this kernel does not have are skipped. ``names`` and their hard
     dependencies are required; optional names and soft dependencies are not.
     ``options`` (modprobe.d's, by module) become each module's parameters.
+
+    With ``by_modalias``, an optional module that devices ask for by alias
+    (modules.alias) is marked on demand, with those aliases, and so is what
+    only such modules need: the init loads them when the hardware is there.
+    Optional modules no device asks for (ext4: ``fs-ext4``) and what they
+    need still load on every boot, like the required ones.
     """
     base = os.path.join(modules_root, kver)
     deps = parse_modules_dep(_read(os.path.join(base, "modules.dep")))
@@ -107,6 +126,19 @@ def resolve_modules(kver: str, names: list[str], optional: list[str] | None = No
     result = []
     required = set(load_order([module_name(n) for n in names], deps, builtin))
     wanted = [module_name(n) for n in names] + present
+    aliases: dict[str, list[str]] = {}
+    always = set(required)
+    if by_modalias:
+        for pattern, module in parse_modules_alias(_read(os.path.join(base, "modules.alias"))):
+            if module in present and is_device_alias(pattern):
+                aliases.setdefault(module, []).append(pattern)
+        for module, patterns in list(aliases.items()):
+            if any(p.startswith(UNREAD_ALIASES) or len(p) > MAX_PATTERN for p in patterns):
+                del aliases[module]  # a device the init cannot match may ask for it
+        always |= set(load_order([n for n in present if n not in aliases], deps, builtin,
+                                 softdeps))
+    else:
+        always |= set(load_order(present, deps, builtin, softdeps))
     for name in load_order(wanted, deps, builtin, softdeps):
         rel = deps[name][0]
         data = _plain(os.path.join(base, rel))
@@ -114,8 +146,12 @@ def resolve_modules(kver: str, names: list[str], optional: list[str] | None = No
             rel = rel.removesuffix(suffix)
         firmware = tuple(sorted({m.decode(errors="replace") for m in _FIRMWARE.findall(data)}))
         params = " ".join((options or {}).get(name, []))
+        on_demand = name not in always
+        needs = tuple(dict.fromkeys(n for n in (*softdeps.get(name, []), *deps[name][1])
+                                    if n in deps and n not in builtin)) if on_demand else ()
         result.append(ModuleFile(name, f"/lib/modules/{kver}/{rel}", data, firmware,
-                                 name in required, params))
+                                 name in required, params, on_demand,
+                                 tuple(aliases.get(name, ())) if on_demand else (), needs))
     return result
 
 

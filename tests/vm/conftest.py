@@ -59,18 +59,24 @@ def kver() -> str:
     return cloud_kernel()
 
 
-def _build(tmp: str, kver: str, *extra: str) -> str:
+def _build(tmp: str, kver: str, *extra: str, module: str | None = "virtio_blk") -> str:
     from initium.cli import main
 
     out = os.path.join(tmp, "initium.img")
-    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
-                 *extra]) == 0
+    named = ["--module", module] if module else []
+    assert main(["build", "--output", out, "--kver", kver, *named, *extra]) == 0
     return out
 
 
 @pytest.fixture(scope="session")
 def image(kver: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     return _build(str(tmp_path_factory.mktemp("image")), kver)
+
+
+@pytest.fixture(scope="session")
+def default_image(kver: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """No driver named: the default set, loaded by modalias."""
+    return _build(str(tmp_path_factory.mktemp("default-image")), kver, module=None)
 
 
 @pytest.fixture(scope="session")
@@ -109,9 +115,10 @@ def gpt_disk(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def boot(kver: str) -> BootFn:
     def run(image: str, disk: str | None, append: str, *, until: str = POWER_DOWN,
-            answer: Callable[[str], bytes | None] | None = None) -> Boot:
+            answer: Callable[[str], bytes | None] | None = None,
+            extra: list[str] | None = None) -> Boot:
         argv = boot_argv(image, disks=[disk] if disk else [], append=append,
-                         kernel=kernel_image(kver))
+                         kernel=kernel_image(kver), extra=extra)
         output, finished = process.watch(
             argv, done=lambda text: re.search(until, text) is not None,
             timeout=BOOT_TIMEOUT, answer=answer)

@@ -138,3 +138,32 @@ def test_hostile_label_matches_and_is_printed_escaped(boot: BootFn, image: str,
         missing.output[-2000:]
     assert missing.has(r"reboot: System halted")
     assert not missing.has("Traceback|Kernel panic")
+
+
+def test_root_on_virtio_scsi_found_by_modalias(boot: BootFn, default_image: str,
+                                               ext4_disk: str) -> None:
+    """No driver named at build: virtio_pci, virtio_scsi and sd_mod load because
+    the devices ask for them, round after round; virtio_blk, with no device, does not."""
+    scsi = ["-device", "virtio-scsi-pci",
+            "-drive", f"file={ext4_disk},if=none,id=d0,format=raw,snapshot=on",
+            "-device", "scsi-hd,drive=d0"]
+    result = boot(default_image, None, f"root=UUID={ROOT_UUID}", extra=scsi)
+    assert _root_init(result.output) == "/sbin/init"
+    m = re.search(r"initium: modules: loaded ([^\n]*)", result.output)
+    assert m, result.output[-3000:]
+    loaded = m.group(1).strip().split(", ")
+    assert {"virtio_pci", "virtio_scsi", "sd_mod"} <= set(loaded)
+    assert "virtio_blk" not in loaded
+    assert result.has(r"modalias: [4-9] rounds"), "sd_mod needs the disk virtio_scsi made"
+    assert result.has(r"sd 0:0:0:0: \[sda\]")
+
+
+def test_the_default_image_loads_no_scsi_driver_for_a_virtio_disk(
+        boot: BootFn, default_image: str, ext4_disk: str) -> None:
+    result = boot(default_image, ext4_disk, f"root=UUID={ROOT_UUID}")
+    assert _root_init(result.output) == "/sbin/init"
+    m = re.search(r"initium: modules: loaded ([^\n]*)", result.output)
+    assert m, result.output[-3000:]
+    loaded = m.group(1).strip().split(", ")
+    assert "virtio_blk" in loaded
+    assert not {"virtio_scsi", "sd_mod", "scsi_mod"} & set(loaded)
