@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import marshal
 
-from initium.plan import check_plain
+from initium.plan import check_plain, load_plain
 from initium.record import record
 
 TYPE_CHECKING = False
@@ -73,16 +73,10 @@ def to_bytes(components: list[ComponentDigest]) -> bytes:
 
 
 def from_bytes(data: bytes) -> list[ComponentDigest]:
-    if len(data) > MAX_DIGESTS_BYTES:
-        raise DigestsError(f"{len(data)} bytes, over {MAX_DIGESTS_BYTES}")
     try:
-        doc: Any = marshal.loads(data)
-    except (ValueError, EOFError, TypeError, MemoryError, RecursionError) as err:
-        raise DigestsError(f"not readable: {err}") from None
-    try:
-        check_plain(doc)
+        doc: Any = load_plain(data, MAX_DIGESTS_BYTES)
     except ValueError as err:
-        raise DigestsError(f"holds {err}") from None
+        raise DigestsError(str(err)) from None
     if not isinstance(doc, dict) or doc.get("version") != DIGESTS_VERSION:
         raise DigestsError(f"version is not {DIGESTS_VERSION}")
     items = doc.get("components")

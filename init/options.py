@@ -42,17 +42,19 @@ class BootOptions:
     kmsg_debug: bool = False
 
 
-def _seconds(value: str) -> float:
+def seconds(value: str) -> float:
+    """A parser for options that take a non-negative number of seconds (stages use it too)."""
     try:
-        seconds = float(value)
+        number = float(value)
     except ValueError:
         raise ValueError(f"{value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
+    if not math.isfinite(number) or number < 0:
         raise ValueError(f"{value!r} is not a non-negative number of seconds")
-    return seconds
+    return number
 
 
-def _boolean(value: str) -> bool:
+def boolean(value: str) -> bool:
+    """A parser for 0/1-style options, as systemd reads them (stages use it too)."""
     lowered = value.lower()
     if lowered in ("1", "yes", "y", "true", "on"):
         return True
@@ -129,14 +131,14 @@ OPTIONS: tuple[Option, ...] = (
            "/bin/init, /bin/sh.", "kernel, dracut, systemd: init=", _absolute_path,
            metavar="PATH"),
     Option("rootwait", "rootwait", "Wait for the root device without limit (or for N seconds); "
-           "rd.timeout= still bounds the wait.", "kernel: rootwait, rootwait=N", _seconds,
+           "rd.timeout= still bounds the wait.", "kernel: rootwait, rootwait=N", seconds,
            flag=math.inf, metavar="[N]"),
     Option("rootdelay", "rootdelay", "Wait up to N seconds for the root device.",
-           "kernel: rootdelay=N", _seconds, metavar="N"),
+           "kernel: rootdelay=N", seconds, metavar="N"),
     Option("rd.timeout", "rd_timeout", "Upper bound in seconds on every wait in the initramfs "
            "(0: no bound). Alone it sets the root wait to N seconds; without rootwait, "
            "rootdelay or rd.timeout the root wait is 30 s.",
-           "dracut: rd.timeout=, systemd: rd.systemd.default_device_timeout_sec=", _seconds,
+           "dracut: rd.timeout=, systemd: rd.systemd.default_device_timeout_sec=", seconds,
            metavar="N"),
     Option("rd.break", "breaks", "Stop before the named stage(s) or dracut hook(s) (comma "
            "separated; bare: before switch-root) and open the emergency shell, whatever "
@@ -145,20 +147,20 @@ OPTIONS: tuple[Option, ...] = (
            "dracut: rd.break[=hook]", _stage_list, flag=("switch-root",), accumulate=True,
            metavar="[STAGE,…]"),
     Option("rd.shell", "shell", "Allow (1) or forbid (0) the emergency shell after a failure.",
-           "dracut: rd.shell", _boolean, flag=True, metavar="[0|1]"),
+           "dracut: rd.shell", boolean, flag=True, metavar="[0|1]"),
     Option("rd.emergency", "emergency", "What to do when a stage fails: shell, halt, poweroff "
            "or reboot. Default: a shell when the image has one and rd.shell is not 0, else halt.",
            "dracut: rd.emergency=, systemd: systemd.emergency", _choice(EMERGENCY_ACTIONS),
            metavar="ACTION"),
     Option("rd.debug", "debug", "Log every action on the console and print the stage timeline.",
-           "dracut: rd.debug", _boolean, flag=True, metavar="[0|1]"),
+           "dracut: rd.debug", boolean, flag=True, metavar="[0|1]"),
     Option("initium.timeline", "timeline", "Print the stage timeline before switching root.",
-           "systemd-analyze (after boot)", _boolean, flag=True, metavar="[0|1]"),
+           "systemd-analyze (after boot)", boolean, flag=True, metavar="[0|1]"),
     Option("quiet", "quiet", "Only warnings and errors on the console.", "kernel: quiet",
            flag=True),
     Option("initium.kmsg_debug", "kmsg_debug", "Also send debug lines to the kernel log "
            "(dmesg); without it they go to the console only, with rd.debug.",
-           "systemd: systemd.log_target=kmsg with systemd.log_level=debug", _boolean, flag=True,
+           "systemd: systemd.log_target=kmsg with systemd.log_level=debug", boolean, flag=True,
            metavar="[0|1]"),
 )
 

@@ -75,16 +75,10 @@ class Plan:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Plan:
-        if len(data) > MAX_PLAN_BYTES:
-            raise PlanError(f"plan is {len(data)} bytes, over {MAX_PLAN_BYTES}")
         try:
-            doc: Any = marshal.loads(data)
-        except (ValueError, EOFError, TypeError, MemoryError, RecursionError) as err:
-            raise PlanError(f"plan is not readable: {_one_line(err)}") from None
-        try:
-            check_plain(doc, 0)
+            doc: Any = load_plain(data, MAX_PLAN_BYTES)
         except ValueError as err:
-            raise PlanError(f"plan holds {err}") from None
+            raise PlanError(f"plan {err}") from None
         if not isinstance(doc, dict) or doc.get("version") != PLAN_VERSION:
             raise PlanError(f"plan version is not {PLAN_VERSION}")
         kver, stages = doc.get("kver"), doc.get("stages")
@@ -116,6 +110,24 @@ class Plan:
                 raise PlanError(f"stage {entry.name}: {entry.ref} is not that stage")
             loaded.append(stage)
         return loaded
+
+
+def load_plain(data: bytes, limit: int) -> Any:
+    """Marshal data that may be damaged, as plain data; ValueError with the reason otherwise.
+
+    The messages read after a noun: "is not readable: …", "holds a code …".
+    """
+    if len(data) > limit:
+        raise ValueError(f"is {len(data)} bytes, over {limit}")
+    try:
+        doc = marshal.loads(data)
+    except (ValueError, EOFError, TypeError, MemoryError, RecursionError) as err:
+        raise ValueError(f"is not readable: {_one_line(err)}") from None
+    try:
+        check_plain(doc, 0)
+    except ValueError as err:
+        raise ValueError(f"holds {err}") from None
+    return doc
 
 
 def check_plain(value: object, depth: int = 0) -> None:

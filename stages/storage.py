@@ -10,10 +10,8 @@ line requires are there; ``root`` then takes the root from the same registry.
 
 from __future__ import annotations
 
-import math
-
 from initium import ops
-from initium.options import Option
+from initium.options import Option, boolean, seconds
 from initium.rootspec import RootSpecError, parse_root_spec
 from initium.stage import JSON, BootContext, Image, Stage, StageError
 from initium.stages.modules import load_modules
@@ -37,24 +35,6 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "verity": (("dm_verity",), ("sha256_generic",)),
 }
 SBIN = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
-
-
-def _seconds(value: str) -> float:
-    try:
-        seconds = float(value)
-    except ValueError:
-        raise ValueError(f"{value!r} is not a number of seconds") from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise ValueError(f"{value!r} is not a non-negative number of seconds")
-    return seconds
-
-
-def _boolean(value: str) -> bool:
-    if value.lower() in ("1", "yes", "y", "true", "on"):
-        return True
-    if value.lower() in ("0", "no", "n", "false", "off"):
-        return False
-    raise ValueError(f"{value!r} is not a boolean (use 1 or 0)")
 
 
 def _words(value: str) -> tuple[str, ...]:
@@ -85,7 +65,7 @@ def _opt(key: str, dest: str, help: str, equivalent: str, parse: object, *,
 
 
 LUKS = _opt("rd.luks", "luks", "Open LUKS volumes at all (0: leave every one closed).",
-            "dracut: rd.luks=0, systemd: rd.luks=", _boolean, flag=True, metavar="[0|1]",
+            "dracut: rd.luks=0, systemd: rd.luks=", boolean, flag=True, metavar="[0|1]",
             default=True)
 LUKS_UUID = _opt("rd.luks.uuid", "luks_uuids", "Open only the LUKS volumes with these UUIDs "
                  "(repeatable; a luks- prefix is accepted) and wait for each of them.",
@@ -107,7 +87,7 @@ LUKS_OPTIONS = _opt("rd.luks.options", "luks_options", "crypttab options for the
                     "systemd: rd.luks.options=", _one, accumulate=True,
                     metavar="[UUID=]OPTIONS", default=())
 LVM = _opt("rd.lvm", "lvm", "Activate LVM volumes at all (0: none).", "dracut: rd.lvm=0",
-           _boolean, flag=True, metavar="[0|1]", default=True)
+           boolean, flag=True, metavar="[0|1]", default=True)
 LVM_VG = _opt("rd.lvm.vg", "lvm_vgs", "Activate only these volume groups and wait for them; "
               "repeatable.", "dracut: rd.lvm.vg=", _words, accumulate=True, metavar="VG",
               default=())
@@ -115,14 +95,14 @@ LVM_LV = _opt("rd.lvm.lv", "lvm_lvs", "Activate only these logical volumes and w
               "them; repeatable.", "dracut: rd.lvm.lv=", _one, accumulate=True,
               metavar="VG/LV", default=())
 MD = _opt("rd.md", "md", "Assemble md RAID arrays at all (0: none).", "dracut: rd.md=0",
-          _boolean, flag=True, metavar="[0|1]", default=True)
+          boolean, flag=True, metavar="[0|1]", default=True)
 MD_UUID = _opt("rd.md.uuid", "md_uuids", "Assemble only the arrays with these UUIDs and wait "
                "for a member of each; repeatable.", "dracut: rd.md.uuid=", _one,
                accumulate=True, metavar="UUID", default=())
 MD_TIMEOUT = _opt("rd.md.timeout", "md_timeout", "Seconds after the first member of an array "
                   "appeared before arrays still incomplete are started degraded "
                   "(default 10).",
-                  "systemd: mdadm-last-resort timer (30 s); dracut: rd.retry=", _seconds,
+                  "systemd: mdadm-last-resort timer (30 s); dracut: rd.retry=", seconds,
                   metavar="N", default=10.0)
 ROOTHASH = _opt("roothash", "roothash", "dm-verity root hash (hex) of the root: the root "
                 "becomes /dev/mapper/root, checked against it; a mismatch stops the boot.",
