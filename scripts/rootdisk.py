@@ -67,10 +67,36 @@ def populate(root: str) -> None:
         f.write("NAME=initium-test-root\n")
 
 
+def label_tree(tree: str, policy_dir: str) -> int:
+    """Set security.selinux on every file of ``tree`` from the policy's file_contexts.
+
+    ``mkfs.ext4 -d`` copies the xattrs into the image, so the root boots
+    labelled as ``setfiles`` would leave it (the test of the handover needs
+    /sbin/init to read init_exec_t).  Returns the number of files labelled.
+    """
+    from initium.packaging.selinux import Labeller
+
+    labeller = Labeller.from_dir(policy_dir)
+    count = 0
+    for here, dirs, files in os.walk(tree):
+        for name in [".", *dirs, *files]:
+            full = os.path.normpath(os.path.join(here, name))
+            rel = "/" + os.path.relpath(full, tree)
+            spec = labeller.lookup("/" if rel == "/." else rel, os.lstat(full).st_mode)
+            if spec is not None and spec.context is not None:
+                os.setxattr(full, "security.selinux", spec.context.encode() + b"\0",
+                            follow_symlinks=False)
+                count += 1
+    return count
+
+
 def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
-                    label: str | None = None, size_mb: int = 16) -> None:
+                    label: str | None = None, size_mb: int = 16,
+                    selinux_policy: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as tree:
         populate(tree)
+        if selinux_policy:
+            label_tree(tree, selinux_policy)
         if fstype in ("ext4", "ext3", "ext2"):
             with open(path, "wb") as f:
                 f.truncate(size_mb << 20)
@@ -95,10 +121,11 @@ def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
 def make_disk(path: str, *, table: str | None = None, fstype: str = "ext4",
               uuid: str | None = None, label: str | None = None,
               partuuid: str | None = None, partlabel: str | None = None,
-              size_mb: int = 16) -> None:
+              size_mb: int = 16, selinux_policy: str | None = None) -> None:
     """A root disk: the bare file system, or it inside partition 1 of a ``gpt``/``dos`` table."""
     if table is None:
-        make_filesystem(path, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb)
+        make_filesystem(path, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb,
+                        selinux_policy=selinux_policy)
         return
     start = 2048  # sectors
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,9 +164,12 @@ def main() -> int:
     ap.add_argument("--partuuid")
     ap.add_argument("--partlabel")
     ap.add_argument("--size-mb", type=int, default=16)
+    ap.add_argument("--selinux-policy", metavar="DIR",
+                    help="label the files from DIR's file_contexts (e.g. /etc/selinux/default)")
     a = ap.parse_args()
     make_disk(a.output, table=a.table, fstype=a.fstype, uuid=a.uuid, label=a.label,
-              partuuid=a.partuuid, partlabel=a.partlabel, size_mb=a.size_mb)
+              partuuid=a.partuuid, partlabel=a.partlabel, size_mb=a.size_mb,
+              selinux_policy=a.selinux_policy)
     return 0
 
 
