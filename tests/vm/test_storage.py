@@ -105,3 +105,23 @@ def test_verity_root_with_a_wrong_hash_refuses_to_boot(
     _booted(good)
     assert re.search(rf"found UUID={sd.VERITY_ROOT_UUID}: dm-0", good), good[-3000:]
     assert os.path.getsize(tree) > 0
+
+
+EROFS_ROOT_UUID = "7f8091a2-b3c4-45d6-e7f8-091a2b3c4d5e"
+
+
+def test_erofs_root_under_a_tmpfs_overlay_is_writable(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("erofs")
+    disk = str(tmp / "root.erofs")
+    rootdisk.make_filesystem(disk, fstype="erofs", uuid=EROFS_ROOT_UUID)
+    with open(disk, "r+b") as f:  # whole sectors for QEMU
+        f.truncate(-(-os.path.getsize(disk) // (1 << 20)) << 20)
+    image = _build(str(tmp), kver, "--module", "erofs", "--module", "overlay")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw rd.overlay")
+    _booted(result.output)
+    assert result.has(r"/dev/vda \(erofs, read-only\) under a tmpfs overlay on /sysroot"), \
+        result.output[-3000:]
+    assert result.has(r"^INITIUM-ROOT-MODE rw\s*$"), result.output[-3000:]
