@@ -31,7 +31,8 @@ from initium.options import BootOptions, Option
 from initium.probe import printable
 from initium.record import replace
 from initium.rootspec import RootSpec, RootSpecError, parse_root_spec
-from initium.stage import BootContext, Stage, StageError
+from initium.stage import JSON, BootContext, Image, Stage, StageError
+from initium.storage import fsck
 from initium.storage.loop import Assembly
 
 DEFAULT_WAIT = 30.0
@@ -126,7 +127,22 @@ def container_error(spec: RootSpec, device: BlockDevice) -> StageError | None:
 class Root(Stage):
     name = "root"
     after = ("modules", "console")
-    options = (OVERLAY, INITIUM_OVERLAY)
+    options = (OVERLAY, INITIUM_OVERLAY, *fsck.OPTIONS)
+
+    def install(self, image: Image) -> JSON:
+        """With ``--fsck``: e2fsck (and its libraries) for ext2/3/4 roots mounted rw."""
+        if not image.option("fsck"):
+            return {}
+        from initium.stages.storage import find_tool
+
+        try:
+            host = find_tool("e2fsck")
+        except ValueError:
+            raise ValueError("--fsck needs e2fsck, which this host lacks (apt-get install "
+                             "e2fsprogs)") from None
+        image.add_binary(host)
+        return {"fsck": {fstype: host for fstype, name in fsck.CHECKERS.items()
+                         if name == "e2fsck"}}
 
     def run(self, ctx: BootContext) -> None:
         loop = assembly(ctx)
@@ -175,6 +191,8 @@ class Root(Stage):
         if overlay and not self._kernel_knows(ctx, "overlay"):
             raise StageError("rd.overlay asks for an overlay, but the kernel has no overlayfs "
                              "driver", "add it to the image: initium build --module overlay")
+        if rw and fstype is not None:
+            fsck.check(ctx, device.path, fstype, ctx.data().get("fsck", {}))
         target = f"{OVERLAY_DIR}/lower" if overlay else ctx.state.new_root
         if overlay:
             self._overlay_layers(ctx)
