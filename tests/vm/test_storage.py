@@ -125,3 +125,20 @@ def test_erofs_root_under_a_tmpfs_overlay_is_writable(
     assert result.has(r"/dev/vda \(erofs, read-only\) under a tmpfs overlay on /sysroot"), \
         result.output[-3000:]
     assert result.has(r"^INITIUM-ROOT-MODE rw\s*$"), result.output[-3000:]
+
+
+def test_fsck_force_checks_a_rw_root_before_mounting_it(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("fsck")
+    disk = str(tmp / "root.img")
+    rootdisk.make_disk(disk, uuid=EROFS_ROOT_UUID, label="fsck-root")
+    image = _build(str(tmp), kver, "--fsck")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw fsck.mode=force")
+    _booted(result.output)
+    # e2fsck's own summary line, copied to the log before the mount
+    assert result.has(r"initium: root: fsck: fsck-root: \d+/\d+ files \([\d.]+% "
+                      r"non-contiguous\), \d+/\d+ blocks"), result.output[-3000:]
+    assert result.has(r"/dev/vda: ext4 checked, clean")
+    assert result.has(r"^INITIUM-ROOT-MODE rw\s*$")
