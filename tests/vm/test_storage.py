@@ -142,3 +142,41 @@ def test_fsck_force_checks_a_rw_root_before_mounting_it(
                       r"non-contiguous\), \d+/\d+ blocks"), result.output[-3000:]
     assert result.has(r"/dev/vda: ext4 checked, clean")
     assert result.has(r"^INITIUM-ROOT-MODE rw\s*$")
+
+
+def test_a_disk_that_never_answers_a_read_does_not_hold_up_the_root(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second disk whose reads QEMU throttles to 1 byte/s after a 64 KiB burst.
+
+    The burst lets the firmware (SeaBIOS, which probes every disk at POST and
+    would hang the machine before the kernel without it) and the kernel's first
+    reads through; after it, a 4 KiB read waits over an hour. The disk sits on
+    virtio-scsi, whose disks the kernel attaches asynchronously (sd), so module
+    loading is not held up; initium's probe of it stalls, is reported by name,
+    and the root on vda must still be reached within rd.timeout. (QEMU 7.2's
+    blkdebug cannot delay a guest read: its suspend rules fire on driver events
+    such as qcow2's, and need the monitor to resume; throttling needs neither.)
+    The machine is not waited for after the root's marker: shutting down with a
+    read still queued on the throttled disk takes as long as the read.
+    """
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("stuck")
+    root, stuck = str(tmp / "root.img"), str(tmp / "stuck.img")
+    rootdisk.make_disk(root, uuid=EROFS_ROOT_UUID)
+    rootdisk.make_disk(stuck, uuid="8091a2b3-c4d5-46e7-f809-1a2b3c4d5e6f")
+    image = _build(str(tmp), kver, "--module", "virtio_blk", "--module", "virtio_scsi",
+                   "--module", "sd_mod")
+    extra = ["-device", "virtio-scsi-pci,id=scsi0",
+             "-drive", f"file={stuck},format=raw,if=none,id=stuck,"
+                      "throttling.bps-read=1,throttling.bps-read-max=65536",
+             "-device", "scsi-hd,drive=stuck,bus=scsi0.0"]
+    result = boot(image, root, f"root=UUID={EROFS_ROOT_UUID} rd.timeout=20",
+                  until=r"INITIUM-ROOT-MODE|" + POWER_DOWN, extra=extra)
+    _booted(result.output)
+    assert result.has(r"initium: root: /dev/sda: stalled: no answer to a read within \d+ s; "
+                      r"the other devices are served meanwhile"), result.output[-3000:]
+    assert result.has(rf"found UUID={EROFS_ROOT_UUID}: vda"), result.output[-3000:]
+    waited = result.kernel_time(rf"found UUID={EROFS_ROOT_UUID}") - \
+        result.kernel_time(r"initium: modules: loaded")
+    assert waited < 20.0, f"root found {waited:.1f} s after the modules, beyond rd.timeout"
