@@ -180,3 +180,25 @@ def test_a_disk_that_never_answers_a_read_does_not_hold_up_the_root(
     waited = result.kernel_time(rf"found UUID={EROFS_ROOT_UUID}") - \
         result.kernel_time(r"initium: modules: loaded")
     assert waited < 20.0, f"root found {waited:.1f} s after the modules, beyond rd.timeout"
+
+
+def test_root_by_uuid_is_the_same_disk_whichever_order_the_disks_probe_in(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Swapping the -drive options swaps the PCI slots, so vda and vdb trade places."""
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("order")
+    root, other = str(tmp / "root.img"), str(tmp / "other.img")
+    rootdisk.make_disk(root, uuid=EROFS_ROOT_UUID, label="order-root")
+    rootdisk.make_disk(other, uuid="91a2b3c4-d5e6-47f8-8091-a2b3c4d5e6f7", label="order-other")
+    image = _build(str(tmp), kver)
+    found = {}
+    for first, second in ((root, other), (other, root)):
+        result = boot(image, first, f"root=UUID={EROFS_ROOT_UUID}",
+                      extra=["-drive", f"file={second},format=raw,if=virtio"])
+        _booted(result.output)
+        match = re.search(rf"found UUID={EROFS_ROOT_UUID}: (vd[ab]) \(ext4 "
+                          rf"UUID={EROFS_ROOT_UUID} LABEL=order-root\)", result.output)
+        assert match, result.output[-3000:]
+        found[first] = match.group(1)
+    assert found == {root: "vda", other: "vdb"}
