@@ -202,3 +202,25 @@ def test_root_by_uuid_is_the_same_disk_whichever_order_the_disks_probe_in(
         assert match, result.output[-3000:]
         found[first] = match.group(1)
     assert found == {root: "vda", other: "vdb"}
+
+
+def test_fsck_errors_it_cannot_fix_stop_the_boot_with_its_output(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import subprocess
+
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("fsck-bad")
+    disk = str(tmp / "root.img")
+    rootdisk.make_disk(disk, uuid=EROFS_ROOT_UUID, label="bad-root")
+    # A superblock inode count of 1: e2fsck -p will not repair that unattended (exit 4).
+    subprocess.run(["debugfs", "-w", "-R", "ssv inodes_count 1", disk], check=True,
+                   capture_output=True)
+    image = _build(str(tmp), kver, "--fsck")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw")
+    assert not result.has("INITIUM-ROOT-INIT"), "a root with uncorrected errors was mounted"
+    assert result.has(r"initium: root: fsck: bad-root: UNEXPECTED INCONSISTENCY; RUN fsck "
+                      r"MANUALLY\."), result.output[-3000:]
+    assert result.has(r"/dev/vda: ext4 has errors the checker left uncorrected \(exit status "
+                      r"4\): .*UNEXPECTED INCONSISTENCY"), result.output[-3000:]
+    assert result.has(POWER_DOWN)
