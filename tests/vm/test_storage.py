@@ -224,3 +224,19 @@ def test_fsck_errors_it_cannot_fix_stop_the_boot_with_its_output(
     assert result.has(r"/dev/vda: ext4 has errors the checker left uncorrected \(exit status "
                       r"4\): .*UNEXPECTED INCONSISTENCY"), result.output[-3000:]
     assert result.has(POWER_DOWN)
+
+
+def test_squashfs_root_stays_read_only_when_rw_is_asked(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("squashfs")
+    disk = str(tmp / "root.squashfs")
+    rootdisk.make_filesystem(disk, fstype="squashfs")
+    with open(disk, "r+b") as f:  # whole sectors for QEMU
+        f.truncate(-(-os.path.getsize(disk) // (1 << 20)) << 20)
+    image = _build(str(tmp), kver, "--module", "squashfs")
+    result = boot(image, disk, "root=/dev/vda rw")
+    _booted(result.output)
+    assert result.has(r"squashfs is read-only: the root is mounted ro"), result.output[-3000:]
+    assert result.has(r"^INITIUM-ROOT-MODE ro\s*$"), result.output[-3000:]
