@@ -49,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
                        help="add a kernel module (with its dependencies); repeatable")
     build.add_argument("--compress", choices=("zstd", "gzip", "none"),
                        help="compression of the core, modules and policy components")
+    build.add_argument("--fsck", action="store_true", default=None,
+                       help="add e2fsck: check an ext2/3/4 root before a read-write mount")
     build.add_argument("--shell", action="store_true", default=None,
                        help="add busybox for the emergency shell (rd.break, failures)")
     build.add_argument("--keep-xattrs", action="store_true", default=None,
@@ -146,6 +148,8 @@ def _build(args: argparse.Namespace) -> int:
         overrides["compress"] = args.compress
     if args.shell:
         overrides["shell"] = True
+    if args.fsck:
+        overrides["fsck"] = True
     if args.module:
         overrides["add_modules"] = (*config.add_modules, *args.module)
     if args.kver:

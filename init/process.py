@@ -102,7 +102,7 @@ def _spawn(argv: Sequence[str], env: dict[str, str], actions: list[_Action], *, 
 def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool = False,
         console: bool = False, log: Callable[[str], None] | None = None,
         env: Mapping[str, str] | None = None, no_new_privs: bool = False,
-        keep_caps: int | None = None) -> int:
+        keep_caps: int | None = None, output: str | None = None) -> int:
     """Run a child with inherited stdout/stderr and return its exit status.
 
     Built on posix_spawn and waitpid rather than subprocess, which would
@@ -119,7 +119,9 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
     command); ``console`` gives the child a new session whose controlling
     terminal is the console's tty (opened after setsid, so it becomes the
     session's terminal), as ``setsid -c`` does for dracut's shell. Otherwise
-    stdin is /dev/null and the child has a session of its own.
+    stdin is /dev/null and the child has a session of its own. ``output``
+    names a file (created, truncated, mode 0600) that receives the child's
+    stdout and stderr instead, for a caller that must quote what it said.
     """
     if log is not None:
         log("+ " + quote(argv))
@@ -131,6 +133,9 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
         actions = []
     else:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    if output is not None and not console and not interactive:
+        actions += [(os.POSIX_SPAWN_OPEN, 1, output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600), (os.POSIX_SPAWN_DUP2, 1, 2)]
     try:
         pid = _spawn(argv, dict(env if env is not None else MINIMAL_ENV), actions,
                      setsid=not interactive, no_new_privs=no_new_privs, keep_caps=keep_caps)

@@ -65,6 +65,7 @@ class BuildConfig:
     selinux_mode: str = "kernel"
     storage: tuple[str, ...] = ()  # handler kinds; "auto" is expanded by the builder
     include: tuple[tuple[str, str, int], ...] = ()  # (host source, image target, mode)
+    fsck: bool = False
 
     @property
     def required_modules(self) -> list[str]:
@@ -293,6 +294,10 @@ SETTINGS: tuple[Setting, ...] = (
             "source (host path), target (image path) and mode (octal string, default "
             "\"0400\": fit for key files, which the manifest lists by digest only, never "
             "by content).", "--include SRC DST"),
+    Setting("fsck", _bool, "Add e2fsck (with its libraries), so the root stage checks an "
+            "ext2/3/4 root before mounting it read-write (fsck.mode=, fsck.repair=, "
+            "rd.skipfsck on the kernel command line). Default: no fsck in the image.",
+            "--fsck"),
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),

@@ -114,6 +114,9 @@ def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
             if label:
                 argv += [f"-L{label}"]
             _run([*argv, path, tree])
+        elif fstype == "squashfs":  # no UUID or label in squashfs: found by path or PARTUUID
+            _run(["mksquashfs", tree, path, "-noappend", "-quiet", "-no-progress",
+                  "-mkfs-time", "0", "-all-time", "0"])
         else:
             raise ValueError(f"unsupported root file system {fstype}")
 

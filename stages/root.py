@@ -10,6 +10,14 @@ would open it, never as a file system the kernel cannot mount.  A file
 system the probes do not know is mounted by trying the types the kernel
 lists in /proc/filesystems (minus ``nodev`` ones), as the kernel's own root
 mount does.
+
+erofs and squashfs are read-only by design: such a root is always mounted
+``ro`` (a ``rw`` on the command line cannot change that), and with
+``rd.overlay``/``initium.overlay=tmpfs`` it becomes the lower layer of an
+overlayfs whose upper and work directories live on a tmpfs under /run, so
+the real init sees a writable / whose changes vanish at power-off. /run
+moves into the new root at switch-root, which keeps those layers in reach
+of the booted system (as dracut's /run/rootfsbase does).
 """
 
 from __future__ import annotations
@@ -19,14 +27,44 @@ import math
 from initium import linux, ops
 from initium.blockdev import BlockDevice
 from initium.mounts import parse_mount_options
-from initium.options import BootOptions
+from initium.options import BootOptions, Option
 from initium.probe import printable
 from initium.record import replace
 from initium.rootspec import RootSpec, RootSpecError, parse_root_spec
-from initium.stage import BootContext, Stage, StageError
+from initium.stage import JSON, BootContext, Image, Stage, StageError
+from initium.storage import fsck
 from initium.storage.loop import Assembly
 
 DEFAULT_WAIT = 30.0
+# File systems that cannot be written at all: mounted ro whatever the command line says.
+READ_ONLY_FS = ("erofs", "squashfs")
+OVERLAY_DIR = "/run/initium/overlay"
+
+
+def _overlay_kind(value: str) -> str:
+    """``tmpfs`` for a writable overlay, ``""`` for none (0/no/none turn it off)."""
+    lowered = value.lower()
+    if lowered in ("tmpfs", "1", "yes", "y", "true", "on"):
+        return "tmpfs"
+    if lowered in ("none", "0", "no", "n", "false", "off"):
+        return ""
+    raise ValueError(f"{value!r} is not an overlay kind (use tmpfs or none)")
+
+
+OVERLAY = Option("rd.overlay", "rd_overlay", "Mount the root read-only under a writable "
+                 "overlayfs whose changes live on a tmpfs and vanish at power-off (bare: "
+                 "tmpfs; 0: none). Meant for erofs and squashfs roots, which are read-only.",
+                 "dracut: rd.overlay (overlayfs module), rd.live.overlay.overlayfs",
+                 _overlay_kind, flag="tmpfs", metavar="[tmpfs|0]", default="", owner="root")
+INITIUM_OVERLAY = Option("initium.overlay", "initium_overlay", "The same as rd.overlay, "
+                         "which it overrides when both are given.", "dracut: rd.overlay",
+                         _overlay_kind, metavar="tmpfs|none", owner="root")
+
+
+def overlay_kind(ctx: BootContext) -> str:
+    """The overlay this boot asks for: ``tmpfs`` or ``""``."""
+    chosen = ctx.value(INITIUM_OVERLAY)
+    return str(ctx.value(OVERLAY) if chosen is None else chosen)
 # Modules that provide a file system under another name than the type.
 _FS_MODULES = {"vfat": ("vfat", "fat"), "ext2": ("ext4", "ext2"), "ext3": ("ext4", "ext3")}
 
@@ -89,6 +127,22 @@ def container_error(spec: RootSpec, device: BlockDevice) -> StageError | None:
 class Root(Stage):
     name = "root"
     after = ("modules", "console")
+    options = (OVERLAY, INITIUM_OVERLAY, *fsck.OPTIONS)
+
+    def install(self, image: Image) -> JSON:
+        """With ``--fsck``: e2fsck (and its libraries) for ext2/3/4 roots mounted rw."""
+        if not image.option("fsck"):
+            return {}
+        from initium.stages.storage import find_tool
+
+        try:
+            host = find_tool("e2fsck")
+        except ValueError:
+            raise ValueError("--fsck needs e2fsck, which this host lacks (apt-get install "
+                             "e2fsprogs)") from None
+        image.add_binary(host)
+        return {"fsck": {fstype: host for fstype, name in fsck.CHECKERS.items()
+                         if name == "e2fsck"}}
 
     def run(self, ctx: BootContext) -> None:
         loop = assembly(ctx)
@@ -121,7 +175,12 @@ class Root(Stage):
                              f"({printable(device.error)})",
                              "give rootfstype= if the file system is one initium cannot probe; "
                              "the kernel log (dmesg) may say more")
-        rw = ctx.options.root_rw is True
+        overlay = overlay_kind(ctx)
+        rw = ctx.options.root_rw is True and not overlay
+        if rw and fstype in READ_ONLY_FS:
+            ctx.log(f"{fstype} is read-only: the root is mounted ro (rd.overlay=tmpfs gives "
+                    "a writable / over it)")
+            rw = False
         opts = parse_mount_options(ctx.options.rootflags or "",
                                    0 if rw else linux.MS_RDONLY)
         flags = opts.flags & ~linux.MS_RDONLY if rw else opts.flags | linux.MS_RDONLY
@@ -129,22 +188,59 @@ class Root(Stage):
             raise StageError(f"the kernel has no {fstype} driver",
                              f"add it to the image: initium build --module "
                              f"{_FS_MODULES.get(fstype, (fstype,))[0]}")
-        target = ctx.state.new_root
+        if overlay and not self._kernel_knows(ctx, "overlay"):
+            raise StageError("rd.overlay asks for an overlay, but the kernel has no overlayfs "
+                             "driver", "add it to the image: initium build --module overlay")
+        if rw and fstype is not None:
+            fsck.check(ctx, device.path, fstype, ctx.data().get("fsck", {}))
+        target = f"{OVERLAY_DIR}/lower" if overlay else ctx.state.new_root
+        if overlay:
+            self._overlay_layers(ctx)
         if not ctx.sys.exists(target):
             ctx.sys.apply(ops.MakeDir(target))
         names = parse_mount_options("", flags).names
         if fstype is None:
             template = ops.Mount(device.path, target, "", flags, opts.data, names)
             ctx.state.root_fstype = self._mount_any(ctx, template)
-            return
-        mount = ops.Mount(device.path, target, fstype, flags, opts.data, names)
+        else:
+            mount = ops.Mount(device.path, target, fstype, flags, opts.data, names)
+            try:
+                ctx.sys.apply(mount)
+            except OSError as err:
+                raise StageError(f"{mount.describe()}: {err.strerror}",
+                                 "check rootfstype= and rootflags=; the kernel log (dmesg) "
+                                 "says more") from None
+            ctx.state.root_fstype = fstype
+        if overlay:
+            self._overlay_mount(ctx, target)
+
+    def _overlay_layers(self, ctx: BootContext) -> None:
+        """A tmpfs for the upper and work directories (one file system, as overlayfs needs)."""
+        if not ctx.sys.exists(OVERLAY_DIR):
+            ctx.sys.apply(ops.MakeDir(OVERLAY_DIR))
+        flags = linux.MS_NOSUID | linux.MS_NODEV
+        try:
+            ctx.sys.apply(ops.Mount("tmpfs", OVERLAY_DIR, "tmpfs", flags, "mode=0755",
+                                    ("nosuid", "nodev")))
+        except OSError as err:
+            raise StageError(f"cannot mount the overlay's tmpfs on {OVERLAY_DIR}: "
+                             f"{err.strerror}") from None
+        for name in ("upper", "work"):
+            ctx.sys.apply(ops.MakeDir(f"{OVERLAY_DIR}/{name}"))
+
+    def _overlay_mount(self, ctx: BootContext, lower: str) -> None:
+        target = ctx.state.new_root
+        if not ctx.sys.exists(target):
+            ctx.sys.apply(ops.MakeDir(target))
+        data = f"lowerdir={lower},upperdir={OVERLAY_DIR}/upper,workdir={OVERLAY_DIR}/work"
+        mount = ops.Mount("overlay", target, "overlay", 0, data, ("rw",))
         try:
             ctx.sys.apply(mount)
         except OSError as err:
             raise StageError(f"{mount.describe()}: {err.strerror}",
-                             "check rootfstype= and rootflags=; the kernel log (dmesg) "
-                             "says more") from None
-        ctx.state.root_fstype = fstype
+                             "the kernel log (dmesg) says why overlayfs refused") from None
+        ctx.log(f"{ctx.state.root_device} ({ctx.state.root_fstype}, read-only) under a "
+                f"tmpfs overlay on {target}: writable, changes are lost at power-off")
 
     def _mount_any(self, ctx: BootContext, template: ops.Mount) -> str:
         """Try each block file system the kernel knows, in its order, as its root mount does."""

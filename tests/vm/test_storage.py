@@ -105,3 +105,138 @@ def test_verity_root_with_a_wrong_hash_refuses_to_boot(
     _booted(good)
     assert re.search(rf"found UUID={sd.VERITY_ROOT_UUID}: dm-0", good), good[-3000:]
     assert os.path.getsize(tree) > 0
+
+
+EROFS_ROOT_UUID = "7f8091a2-b3c4-45d6-e7f8-091a2b3c4d5e"
+
+
+def test_erofs_root_under_a_tmpfs_overlay_is_writable(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("erofs")
+    disk = str(tmp / "root.erofs")
+    rootdisk.make_filesystem(disk, fstype="erofs", uuid=EROFS_ROOT_UUID)
+    with open(disk, "r+b") as f:  # whole sectors for QEMU
+        f.truncate(-(-os.path.getsize(disk) // (1 << 20)) << 20)
+    image = _build(str(tmp), kver, "--module", "erofs", "--module", "overlay")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw rd.overlay")
+    _booted(result.output)
+    assert result.has(r"/dev/vda \(erofs, read-only\) under a tmpfs overlay on /sysroot"), \
+        result.output[-3000:]
+    assert result.has(r"^INITIUM-ROOT-MODE rw\s*$"), result.output[-3000:]
+
+
+def test_fsck_force_checks_a_rw_root_before_mounting_it(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("fsck")
+    disk = str(tmp / "root.img")
+    rootdisk.make_disk(disk, uuid=EROFS_ROOT_UUID, label="fsck-root")
+    image = _build(str(tmp), kver, "--fsck")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw fsck.mode=force")
+    _booted(result.output)
+    # e2fsck's own summary line, copied to the log before the mount
+    assert result.has(r"initium: root: fsck: fsck-root: \d+/\d+ files \([\d.]+% "
+                      r"non-contiguous\), \d+/\d+ blocks"), result.output[-3000:]
+    assert result.has(r"/dev/vda: ext4 checked, clean")
+    assert result.has(r"^INITIUM-ROOT-MODE rw\s*$")
+
+
+def test_a_disk_that_never_answers_a_read_does_not_hold_up_the_root(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A second disk whose reads QEMU throttles to 1 byte/s after a 64 KiB burst.
+
+    The burst lets the firmware (SeaBIOS, which probes every disk at POST and
+    would hang the machine before the kernel without it) and the kernel's first
+    reads through; after it, a 4 KiB read waits over an hour. The disk sits on
+    virtio-scsi, whose disks the kernel attaches asynchronously (sd), so module
+    loading is not held up; initium's probe of it stalls, is reported by name,
+    and the root on vda must still be reached within rd.timeout. (QEMU 7.2's
+    blkdebug cannot delay a guest read: its suspend rules fire on driver events
+    such as qcow2's, and need the monitor to resume; throttling needs neither.)
+    The machine is not waited for after the root's marker: shutting down with a
+    read still queued on the throttled disk takes as long as the read.
+    """
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("stuck")
+    root, stuck = str(tmp / "root.img"), str(tmp / "stuck.img")
+    rootdisk.make_disk(root, uuid=EROFS_ROOT_UUID)
+    rootdisk.make_disk(stuck, uuid="8091a2b3-c4d5-46e7-f809-1a2b3c4d5e6f")
+    image = _build(str(tmp), kver, "--module", "virtio_blk", "--module", "virtio_scsi",
+                   "--module", "sd_mod")
+    extra = ["-device", "virtio-scsi-pci,id=scsi0",
+             "-drive", f"file={stuck},format=raw,if=none,id=stuck,"
+                      "throttling.bps-read=1,throttling.bps-read-max=65536",
+             "-device", "scsi-hd,drive=stuck,bus=scsi0.0"]
+    result = boot(image, root, f"root=UUID={EROFS_ROOT_UUID} rd.timeout=20",
+                  until=r"INITIUM-ROOT-MODE|" + POWER_DOWN, extra=extra)
+    _booted(result.output)
+    assert result.has(r"initium: root: /dev/sda: stalled: no answer to a read within \d+ s; "
+                      r"the other devices are served meanwhile"), result.output[-3000:]
+    assert result.has(rf"found UUID={EROFS_ROOT_UUID}: vda"), result.output[-3000:]
+    waited = result.kernel_time(rf"found UUID={EROFS_ROOT_UUID}") - \
+        result.kernel_time(r"initium: modules: loaded")
+    assert waited < 20.0, f"root found {waited:.1f} s after the modules, beyond rd.timeout"
+
+
+def test_root_by_uuid_is_the_same_disk_whichever_order_the_disks_probe_in(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Swapping the -drive options swaps the PCI slots, so vda and vdb trade places."""
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("order")
+    root, other = str(tmp / "root.img"), str(tmp / "other.img")
+    rootdisk.make_disk(root, uuid=EROFS_ROOT_UUID, label="order-root")
+    rootdisk.make_disk(other, uuid="91a2b3c4-d5e6-47f8-8091-a2b3c4d5e6f7", label="order-other")
+    image = _build(str(tmp), kver)
+    found = {}
+    for first, second in ((root, other), (other, root)):
+        result = boot(image, first, f"root=UUID={EROFS_ROOT_UUID}",
+                      extra=["-drive", f"file={second},format=raw,if=virtio"])
+        _booted(result.output)
+        match = re.search(rf"found UUID={EROFS_ROOT_UUID}: (vd[ab]) \(ext4 "
+                          rf"UUID={EROFS_ROOT_UUID} LABEL=order-root\)", result.output)
+        assert match, result.output[-3000:]
+        found[first] = match.group(1)
+    assert found == {root: "vda", other: "vdb"}
+
+
+def test_fsck_errors_it_cannot_fix_stop_the_boot_with_its_output(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import subprocess
+
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("fsck-bad")
+    disk = str(tmp / "root.img")
+    rootdisk.make_disk(disk, uuid=EROFS_ROOT_UUID, label="bad-root")
+    # A superblock inode count of 1: e2fsck -p will not repair that unattended (exit 4).
+    subprocess.run(["debugfs", "-w", "-R", "ssv inodes_count 1", disk], check=True,
+                   capture_output=True)
+    image = _build(str(tmp), kver, "--fsck")
+    result = boot(image, disk, f"root=UUID={EROFS_ROOT_UUID} rw")
+    assert not result.has("INITIUM-ROOT-INIT"), "a root with uncorrected errors was mounted"
+    assert result.has(r"initium: root: fsck: bad-root: UNEXPECTED INCONSISTENCY; RUN fsck "
+                      r"MANUALLY\."), result.output[-3000:]
+    assert result.has(r"/dev/vda: ext4 has errors the checker left uncorrected \(exit status "
+                      r"4\): .*UNEXPECTED INCONSISTENCY"), result.output[-3000:]
+    assert result.has(POWER_DOWN)
+
+
+def test_squashfs_root_stays_read_only_when_rw_is_asked(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import rootdisk
+
+    tmp = tmp_path_factory.mktemp("squashfs")
+    disk = str(tmp / "root.squashfs")
+    rootdisk.make_filesystem(disk, fstype="squashfs")
+    with open(disk, "r+b") as f:  # whole sectors for QEMU
+        f.truncate(-(-os.path.getsize(disk) // (1 << 20)) << 20)
+    image = _build(str(tmp), kver, "--module", "squashfs")
+    result = boot(image, disk, "root=/dev/vda rw")
+    _booted(result.output)
+    assert result.has(r"squashfs is read-only: the root is mounted ro"), result.output[-3000:]
+    assert result.has(r"^INITIUM-ROOT-MODE ro\s*$"), result.output[-3000:]
