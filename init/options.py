@@ -75,7 +75,8 @@ def _text(value: str) -> str:
     return value
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+def choice(choices: tuple[str, ...]) -> Callable[[str], str]:
+    """A parser for options that take one of ``choices`` (stages use it too)."""
     def parse(value: str) -> str:
         if value not in choices:
             raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
@@ -150,7 +151,7 @@ OPTIONS: tuple[Option, ...] = (
            "dracut: rd.shell", boolean, flag=True, metavar="[0|1]"),
     Option("rd.emergency", "emergency", "What to do when a stage fails: shell, halt, poweroff "
            "or reboot. Default: a shell when the image has one and rd.shell is not 0, else halt.",
-           "dracut: rd.emergency=, systemd: systemd.emergency", _choice(EMERGENCY_ACTIONS),
+           "dracut: rd.emergency=, systemd: systemd.emergency", choice(EMERGENCY_ACTIONS),
            metavar="ACTION"),
     Option("rd.debug", "debug", "Log every action on the console and print the stage timeline.",
            "dracut: rd.debug", boolean, flag=True, metavar="[0|1]"),

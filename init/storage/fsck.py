@@ -20,13 +20,12 @@ from __future__ import annotations
 import os
 
 from initium import ops, process
-from initium.options import Option, boolean
+from initium.options import Option, boolean, choice
 from initium.record import record
 from initium.stage import StageError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from initium.stage import BootContext
     from initium.system import System
@@ -44,15 +43,6 @@ REPAIRS = {"preen": "-p", "yes": "-y", "no": "-n"}
 CORRECTED, REBOOT, UNCORRECTED, OPERATIONAL = 1, 2, 4, 8
 
 
-def _choice(choices: tuple[str, ...]) -> Callable[[str], str]:
-    def parse(value: str) -> str:
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-
-    return parse
-
-
 SKIPFSCK = Option("rd.skipfsck", "skipfsck", "Do not check the root before mounting it "
                   "read-write.", "dracut: rd.skipfsck; systemd: fsck.mode=skip",
                   boolean, flag=True, metavar="[0|1]", default=False, owner="root")
@@ -60,11 +50,11 @@ MODE = Option("fsck.mode", "fsck_mode", "auto: let the checker decide (it checks
               "that is marked dirty or due); force: check it fully; skip: do not check. Only a "
               "root mounted rw is checked, and only with a checker in the image "
               "(initium build --fsck).", "systemd: fsck.mode=",
-              _choice(MODES), metavar="auto|force|skip", default="auto",
+              choice(MODES), metavar="auto|force|skip", default="auto",
               owner="root")
 REPAIR = Option("fsck.repair", "fsck_repair", "preen: fix only what is safe to fix unattended "
                 "(e2fsck -p); yes: fix everything (-y); no: change nothing (-n), so any error "
-                "stops the boot.", "systemd: fsck.repair=", _choice(tuple(REPAIRS)),
+                "stops the boot.", "systemd: fsck.repair=", choice(tuple(REPAIRS)),
                 metavar="preen|yes|no", default="preen", owner="root")
 OPTIONS = (SKIPFSCK, MODE, REPAIR)
 
