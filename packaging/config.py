@@ -89,12 +89,16 @@ def _str_list(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _extras(value: Any) -> tuple[str, ...]:
-    names = _str_list(value)
-    for name in names:
-        if name not in INTERPRETER_EXTRAS:
-            raise ValueError(f"must name among {', '.join(INTERPRETER_EXTRAS)}")
-    return tuple(sorted(set(names)))
+def _names_among(choices: tuple[str, ...], what: str = "") -> Callable[[Any], tuple[str, ...]]:
+    """A list of names from ``choices``, each kept once in the order given."""
+    def check(value: Any) -> tuple[str, ...]:
+        names = _str_list(value)
+        for name in names:
+            if name not in choices:
+                raise ValueError(f"must name {what}among {', '.join(choices)}")
+        return tuple(dict.fromkeys(names))
+
+    return check
 
 
 def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
@@ -147,14 +151,6 @@ def _evm_mode(value: Any) -> int:
     return value
 
 
-def _namespaces(value: Any) -> tuple[str, ...]:
-    names = _str_list(value)
-    for name in names:
-        if name not in NAMESPACES:
-            raise ValueError(f"must name namespaces among {', '.join(NAMESPACES)}")
-    return tuple(dict.fromkeys(names))
-
-
 def _policy_dir(value: Any) -> str:
     if value == "none":
         return "none"
@@ -163,14 +159,6 @@ def _policy_dir(value: Any) -> str:
 
 STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "auto", "none")
 INCLUDE_MODE = 0o400
-
-
-def _storage(value: Any) -> tuple[str, ...]:
-    names = _str_list(value)
-    for name in names:
-        if name not in STORAGE_CHOICES:
-            raise ValueError(f"must name among {', '.join(STORAGE_CHOICES)}")
-    return tuple(dict.fromkeys(names))
 
 
 def _mode(value: Any) -> int:
@@ -246,7 +234,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(the first build takes minutes), with the init's bytecode appended: /init is that "
             "one ELF.",
             "--interpreter"),
-    Setting("interpreter_extras", _extras, "Optional module groups compiled into the static "
+    Setting("interpreter_extras", _names_among(INTERPRETER_EXTRAS), "Optional module groups "
+            "compiled into the static "
             "interpreter (each combination is its own cached build): selinux (libselinux's "
             "label lookups, file and process labels and enforce calls, as _selinux_min; 0.25 "
             "MB of core; the built-in selinux stage does not need it).", ""),
@@ -261,7 +250,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("keep_xattrs", _bool, "Copy the extended attributes of the host files the image "
             "is made of (in the namespaces of xattr_namespaces) into the xattr lists.",
             "--keep-xattrs"),
-    Setting("xattr_namespaces", _namespaces, "Namespaces the xattr lists may set at boot, "
+    Setting("xattr_namespaces", _names_among(NAMESPACES, "namespaces "), "Namespaces the "
+            "xattr lists may set at boot, "
             "among security., trusted. and user.; default [\"security.\"].", ""),
     Setting("ima_digest", _bool, "Give every regular file a security.ima digest (the format "
             "evmctl ima_hash writes).", "--ima-digest"),
@@ -286,7 +276,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ima_required", _bool, "Make every failure of the ima stage fatal (fail closed, "
             "no shell): a key the kernel refuses, a missing or refused policy, EVM not "
             "enabled. rd.ima.require_policy=1 on the kernel command line does the same.", ""),
-    Setting("storage", _storage, "Storage handlers to put in the image, each with its tool, "
+    Setting("storage", _names_among(STORAGE_CHOICES), "Storage handlers to put in the image, "
+            "each with its tool, "
             "libraries and kernel modules: luks (cryptsetup), lvm (lvm), md (mdadm), verity "
             "(veritysetup); auto: what this host's own root needs; none (the default): no "
             "storage stage at all. On the command line a comma-separated list.", "--storage"),
