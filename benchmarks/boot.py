@@ -305,13 +305,17 @@ def itools_argv(kver: str, confdir: str, share: str | None) -> Callable[[str], l
     return argv
 
 
-def dracut_argv(kver: str, work: str) -> Callable[[str], list[str]]:
+def dracut_argv(kver: str, work: str, *, modules: str = "base rootfs-block",
+                drivers: Sequence[str] = MODULES,
+                extra_args: Sequence[str] = ()) -> Callable[[str], list[str]]:
     """dracut isolated from the build host's configuration.
 
     A package such as dracut-network drops files into /etc/dracut.conf.d
     (and /usr/lib/dracut/dracut.conf.d) that add modules whatever -m says;
     the image then waits for the network and times out. An empty --conf and
     --confdir of our own keep only what the command line asks for.
+    ``modules``, ``drivers`` and ``extra_args`` are for benchmarks/storage.py's
+    layouts (crypt, lvm, mdraid …, an --include of a key file).
     """
     conf = os.path.join(work, "dracut.conf")
     confdir = os.path.join(work, "dracut.conf.d")
@@ -326,7 +330,7 @@ def dracut_argv(kver: str, work: str) -> Callable[[str], list[str]]:
     extra = [flag for flag in ("--no-early-microcode", "--reproducible", "--zstd")
              if flag in help_text]
     return lambda out: ["dracut", "--conf", conf, "--confdir", confdir, "--no-hostonly",
-                        "-m", "base rootfs-block", "--drivers", "virtio_blk virtio_pci",
+                        "-m", modules, "--drivers", " ".join(drivers), *extra_args,
                         "--force", *extra, "--kver", kver, out]
 
 
@@ -407,8 +411,11 @@ def parse_boot(output: str, finished: bool, wall: float) -> Boot:
     return Boot(False, reason, run_init, None, vda, mounted, wall)
 
 
-def boot_once(image: str, disk: str, kernel: str, append: str) -> tuple[Boot, str]:
-    argv = boot_argv(image, disks=[disk], append=append, kernel=kernel, memory=MEMORY)
+def boot_once(image: str, disk: str | Sequence[str], kernel: str,
+              append: str) -> tuple[Boot, str]:
+    """One boot; ``disk`` is the root disk, or every disk of a layout in order (vda, vdb …)."""
+    disks = [disk] if isinstance(disk, str) else list(disk)
+    argv = boot_argv(image, disks=disks, append=append, kernel=kernel, memory=MEMORY)
     started = time.monotonic()
     # Until the root's init has printed everything (it powers off last).
     output, finished = process.watch(
