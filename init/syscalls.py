@@ -58,3 +58,15 @@ def keyctl(cmd: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0)
 def ioctl(fd: int, request: int, buffer: bytes) -> bytes:
     """The ioctl's structure after the call: ``buffer`` goes in, the kernel's copy comes out."""
     return _impl.ioctl(fd, request, buffer)
+
+
+def reader_start(requests: int, replies: int, parent_ends: tuple[int, int]) -> int | None:
+    """Start the static /init's device reader child (initium.storage.reader), or None.
+
+    None when the interpreter has no such builtin (the host's): the caller forks.
+    """
+    start = getattr(_impl, "reader_start", None)
+    if start is None:
+        return None
+    pid: int = start(requests, replies, parent_ends)
+    return pid

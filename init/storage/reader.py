@@ -4,12 +4,19 @@ A read from a disk stuck in error recovery sleeps in the kernel
 (uninterruptibly) for as long as the driver retries: O_NONBLOCK does not
 apply to block devices, and a thread stuck that way would also block the
 final ``execve`` of the real init, which waits for every other thread to
-die. So the reads happen in a forked child, one for the whole loop: the
+die. So the reads happen in a child process, one for the whole loop: the
 parent sends it (path, offset, length) over a pipe and waits for the answer
 with ``poll`` and a deadline. A child that does not answer in time is killed
 (it dies when the kernel lets go of it; nobody waits for it) and a new one
-serves the other devices. One fork per boot costs about 1.5 ms natively,
-and a round trip per read a few microseconds.
+serves the other devices.
+
+Under the static /init the child is a clone(CLONE_VM) of PID 1 running a
+small loop in C (``_initium.reader_start``); elsewhere a fork running
+``_serve``. Under QEMU's TCG the fork cost the plain-root boot about 40 ms
+(its page tables, copy-on-write faults on both sides, and a Python loop
+in the child for each of the ~24 reads of a probe); the clone costs a
+system call, and each read a round trip through two pipes
+(benchmarks/README.md, "The device reader").
 
 Tests and dry runs read in-process (``SimulatedReader``): there a read
 counts as stalled when the system's clock says it took longer than the
@@ -20,9 +27,10 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # `signal` imports enum
 import errno
-import marshal
+import math
 import os
 import select
+import time
 
 from initium import ops
 from initium.record import record
@@ -89,25 +97,46 @@ class SimulatedReader(Reader):
         return data
 
 
+# The protocol, the same for both children (packaging/static/_initium.c speaks it
+# too): a request is offset (u64), length (u32), path length (u32) and the path;
+# the reply is frames, each an i32: n > 0 announces n bytes of data, 0 ends the
+# reply, -errno ends it with an error. All little-endian.
+_CHUNK = 256 << 10  # the most one frame carries
+MAX_PATH = 4095
+
+
+def _frame(code: int) -> bytes:
+    return code.to_bytes(4, "little", signed=True)
+
+
 def _serve(requests: int, replies: int) -> None:
-    """The child: answer read requests until the parent closes the pipe."""
+    """The forked child: answer read requests until the parent closes the pipe."""
     fds: dict[str, int] = {}
     while True:
-        head = _read_exactly(requests, 4)
+        head = _read_exactly(requests, 16)
         if head is None:
             os._exit(0)
-        body = _read_exactly(requests, int.from_bytes(head, "little"))
-        if body is None:
+        offset = int.from_bytes(head[:8], "little")
+        length = int.from_bytes(head[8:12], "little")
+        size = int.from_bytes(head[12:], "little")
+        name = _read_exactly(requests, size) if 0 < size <= MAX_PATH else None
+        if name is None:
             os._exit(0)
-        path, offset, length = marshal.loads(body)
+        path = os.fsdecode(name)
         try:
             fd = fds.get(path)
             if fd is None:
                 fd = fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            reply = marshal.dumps((0, os.pread(fd, length, offset)))
+            while length:
+                data = os.pread(fd, min(length, _CHUNK), offset)
+                if not data:
+                    break
+                os.write(replies, _frame(len(data)) + data)
+                offset += len(data)
+                length -= len(data)
+            os.write(replies, _frame(0))
         except OSError as err:
-            reply = marshal.dumps((err.errno or errno.EIO, err.strerror or "I/O error"))
-        os.write(replies, len(reply).to_bytes(4, "little") + reply)
+            os.write(replies, _frame(-(err.errno or errno.EIO)))
 
 
 def _read_exactly(fd: int, size: int) -> bytes | None:
@@ -125,8 +154,15 @@ def _read_exactly(fd: int, size: int) -> bytes | None:
     return b"".join(chunks)
 
 
-class ForkedReader(Reader):
-    """Reads in a forked child; a child that misses the deadline is abandoned."""
+class ChildReader(Reader):
+    """Reads in a child process; a child that misses the deadline is abandoned.
+
+    Under the static /init the child is _initium.reader_start's: made with
+    clone(CLONE_VM), it shares PID 1's memory and runs a loop of raw system
+    calls in C, so starting it copies no page tables and costs no
+    copy-on-write faults afterwards. A dynamically linked interpreter (the
+    host's: dry runs, tests) forks one that runs ``_serve``.
+    """
 
     def __init__(self, deadline: float = READ_DEADLINE) -> None:
         super().__init__(deadline)
@@ -135,16 +171,23 @@ class ForkedReader(Reader):
         self.abandoned: list[int] = []
 
     def _start(self) -> None:
+        from initium import syscalls
+
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the child: nothing but reads, never back into the init
-            try:
-                os.close(req_w)
-                os.close(rep_r)
-                _serve(req_r, rep_w)
-            finally:
-                os._exit(0)
+        try:
+            pid = syscalls.reader_start(req_r, rep_w, (req_w, rep_r))
+        except OSError:
+            pid = None  # no memory for its stack: fork, which needs none
+        if pid is None:
+            pid = os.fork()
+            if pid == 0:  # the child: nothing but reads, never back into the init
+                try:
+                    os.close(req_w)
+                    os.close(rep_r)
+                    _serve(req_r, rep_w)
+                finally:
+                    os._exit(0)
         os.close(req_r)
         os.close(rep_w)
         self.pid, self.requests, self.replies = pid, req_w, rep_r
@@ -160,31 +203,55 @@ class ForkedReader(Reader):
         self.pid = 0
 
     def _read(self, path: str, offset: int, length: int) -> bytes:
+        name = os.fsencode(path)
+        if not 0 < len(name) <= MAX_PATH or offset < 0 or not 0 <= length <= MAX_REPLY:
+            raise OSError(errno.EINVAL, f"no read of {length} bytes at {offset}", path)
         if not self.pid:
             self._start()
-        body = marshal.dumps((path, offset, length))
+        request = (offset.to_bytes(8, "little") + length.to_bytes(4, "little")
+                   + len(name).to_bytes(4, "little") + name)
         try:
-            os.write(self.requests, len(body).to_bytes(4, "little") + body)
+            os.write(self.requests, request)
         except BrokenPipeError:
             self._abandon()
             raise OSError(errno.EIO, "the device reader died", path) from None
         poller = select.poll()
         poller.register(self.replies, select.POLLIN)
-        if not poller.poll(int(self.deadline * 1000)):
-            self._abandon()
-            self.stalled.add(path)
-            raise ReadStalled(path, self.deadline)
-        head = _read_exactly(self.replies, 4)
-        size = int.from_bytes(head or b"", "little")
-        reply = _read_exactly(self.replies, size) if head and size <= MAX_REPLY else None
-        if reply is None:
-            self._abandon()
-            raise OSError(errno.EIO, "the device reader died", path)
-        code, value = marshal.loads(reply)
+        until = time.monotonic() + self.deadline
+        chunks = []
+        got = 0
+        while True:
+            code = int.from_bytes(self._receive(poller, until, 4, path), "little", signed=True)
+            if code <= 0:
+                break
+            got += code
+            if got > length:
+                self._abandon()
+                raise OSError(errno.EIO, "the device reader sent more than asked", path)
+            chunks.append(self._receive(poller, until, code, path))
         if code:
-            raise OSError(code, value, path)
-        data: bytes = value
-        return data
+            raise OSError(-code, os.strerror(-code), path)
+        return b"".join(chunks)
+
+    def _receive(self, poller: select.poll, until: float, size: int, path: str) -> bytes:
+        """``size`` bytes of the reply, each wait bounded by the read's deadline."""
+        chunks = []
+        while size:
+            left = max(until - time.monotonic(), 0.0)
+            if not poller.poll(math.ceil(left * 1000)):
+                self._abandon()
+                self.stalled.add(path)
+                raise ReadStalled(path, self.deadline)
+            try:
+                chunk = os.read(self.replies, min(size, 1 << 20))
+            except InterruptedError:
+                continue
+            if not chunk:
+                self._abandon()
+                raise OSError(errno.EIO, "the device reader died", path)
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
 
     def close(self) -> None:
         if self.pid:
@@ -204,7 +271,7 @@ class ForkedReader(Reader):
 
 @record
 class StartReader(ops.Op):
-    """Start the reader that probes devices with a deadline (a forked child when live)."""
+    """Start the reader that probes devices with a deadline (a child process when live)."""
 
     deadline: float = READ_DEADLINE
 
@@ -212,7 +279,7 @@ class StartReader(ops.Op):
         return f"start the device reader (deadline {self.deadline:g} s per read)"
 
     def perform(self, sys: System) -> Reader:
-        return ForkedReader(self.deadline)
+        return ChildReader(self.deadline)
 
     def simulate(self, sys: System) -> Reader:
         return SimulatedReader(sys, self.deadline)

@@ -657,6 +657,251 @@ done:
     return result;
 }
 
+/* --- reader_start: a device reader that shares PID 1's memory -------------
+ *
+ * initium.storage.reader probes disks through a child so that a read stuck
+ * in the kernel cannot stall PID 1.  Forking the interpreter for it costs
+ * page-table copies and, afterwards, a copy-on-write fault for every page
+ * either side writes (the refcounts of every object touched): tens of
+ * milliseconds under TCG.  This child is made with clone(CLONE_VM) instead:
+ * it runs the loop below on a stack of its own, in memory it alone uses,
+ * and makes nothing but raw system calls, because everything else libc
+ * offers (errno, locks, malloc) lives in the parent's thread-local or global
+ * state.  Signals stay blocked in it (SIGKILL still ends it).  It is its own
+ * process, not a thread: one stuck in a read never holds up the parent's
+ * execve of the real init.  Its memory is never unmapped: an abandoned
+ * child may still be inside pread() writing into its buffer.
+ *
+ * The protocol is the Python child's (initium.storage.reader): a request is
+ * offset (u64), length (u32), path length (u32), path; the reply is frames
+ * of an i32 each: n > 0 announces n bytes of data, 0 ends the reply,
+ * -errno ends it with an error.  All little-endian.
+ */
+
+#if defined(__x86_64__) || defined(__aarch64__)
+#define HAVE_READER 1
+#include <sched.h>
+#include <sys/mman.h>
+
+#define READER_GUARD 4096
+#define READER_STACK (60 * 1024)
+#define READER_CHUNK (256 * 1024)
+#define READER_PATH 4096
+#define READER_FDS 32
+#define READER_NAME 256
+
+struct reader_area {
+    int requests, replies;      /* the child's ends */
+    int parent_ends[2];         /* the parent's ends, closed in the child */
+    int n_fds;
+    int fds[READER_FDS];
+    char names[READER_FDS][READER_NAME];
+    char path[READER_PATH];
+    unsigned char head[16];
+    unsigned char buf[4 + READER_CHUNK];
+};
+
+/* A system call with no libc in between: returns -errno on failure. */
+static long
+reader_syscall(long n, long a, long b, long c, long d)
+{
+#if defined(__x86_64__)
+    long ret;
+    register long r10 __asm__("r10") = d;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "0"(n), "D"(a), "S"(b), "d"(c), "r"(r10)
+                     : "rcx", "r11", "memory");
+    return ret;
+#else
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    register long x3 __asm__("x3") = d;
+    __asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+    return x0;
+#endif
+}
+
+static _Noreturn void
+reader_exit(void)
+{
+    for (;;)
+        reader_syscall(SYS_exit, 0, 0, 0, 0);
+}
+
+/* 1 when all of buf was read, 0 at the pipe's end or on an error. */
+static int
+reader_read_full(int fd, unsigned char *buf, unsigned long size)
+{
+    while (size) {
+        long n = reader_syscall(SYS_read, fd, (long)buf, (long)size, 0);
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            return 0;
+        buf += n;
+        size -= (unsigned long)n;
+    }
+    return 1;
+}
+
+static void
+reader_write_full(int fd, const unsigned char *buf, unsigned long size)
+{
+    while (size) {
+        long n = reader_syscall(SYS_write, fd, (long)buf, (long)size, 0);
+        if (n == -EINTR)
+            continue;
+        if (n <= 0)
+            reader_exit();  /* the parent is gone or gave up on us */
+        buf += n;
+        size -= (unsigned long)n;
+    }
+}
+
+static void
+reader_put32(unsigned char *p, unsigned int v)
+{
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static unsigned long long
+reader_get(const unsigned char *p, int bytes)
+{
+    unsigned long long v = 0;
+    while (bytes--)
+        v = (v << 8) | p[bytes];
+    return v;
+}
+
+static void
+reader_frame(struct reader_area *a, long code)
+{
+    unsigned char frame[4];
+    reader_put32(frame, (unsigned int)(int)code);
+    reader_write_full(a->replies, frame, 4);
+}
+
+/* The open descriptor for a->path, kept open by name while there is room
+ * (*kept = 1); otherwise the caller closes it after the request. */
+static long
+reader_open(struct reader_area *a, unsigned long len, int *kept)
+{
+    int i;
+    long fd;
+
+    *kept = 1;
+    for (i = 0; i < a->n_fds; i++)
+        if (memcmp(a->names[i], a->path, len + 1) == 0)
+            return a->fds[i];
+    fd = reader_syscall(SYS_openat, AT_FDCWD, (long)a->path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd >= 0 && a->n_fds < READER_FDS && len < READER_NAME) {
+        memcpy(a->names[a->n_fds], a->path, len + 1);
+        a->fds[a->n_fds++] = (int)fd;
+    } else {
+        *kept = 0;
+    }
+    return fd;
+}
+
+static int
+reader_main(void *arg)
+{
+    struct reader_area *a = arg;
+
+    reader_syscall(SYS_close, a->parent_ends[0], 0, 0, 0);
+    reader_syscall(SYS_close, a->parent_ends[1], 0, 0, 0);
+    for (;;) {
+        unsigned long long offset;
+        unsigned long length, len;
+        long fd;
+        int kept;
+
+        if (!reader_read_full(a->requests, a->head, 16))
+            break;
+        offset = reader_get(a->head, 8);
+        length = (unsigned long)reader_get(a->head + 8, 4);
+        len = (unsigned long)reader_get(a->head + 12, 4);
+        if (len == 0 || len >= READER_PATH || !reader_read_full(a->requests,
+                                                                (unsigned char *)a->path, len))
+            break;
+        a->path[len] = '\0';
+        fd = reader_open(a, len, &kept);
+        if (fd < 0) {
+            reader_frame(a, fd);
+            continue;
+        }
+        while (length) {
+            unsigned long want = length < READER_CHUNK ? length : READER_CHUNK;
+            long n = reader_syscall(SYS_pread64, fd, (long)(a->buf + 4), (long)want,
+                                    (long)offset);
+            if (n == -EINTR)
+                continue;
+            if (n < 0) {
+                reader_frame(a, n);
+                goto next;
+            }
+            if (n == 0)
+                break;
+            reader_put32(a->buf, (unsigned int)n);
+            reader_write_full(a->replies, a->buf, 4 + (unsigned long)n);
+            offset += (unsigned long long)n;
+            length -= (unsigned long)n;
+        }
+        reader_frame(a, 0);
+    next:
+        if (!kept)
+            reader_syscall(SYS_close, fd, 0, 0, 0);
+    }
+    reader_exit();
+}
+
+static PyObject *
+initium_reader_start(PyObject *self, PyObject *args)
+{
+    int requests, replies, end_a, end_b, saved;
+    size_t size = READER_GUARD + READER_STACK + sizeof(struct reader_area);
+    struct reader_area *a;
+    sigset_t all, old;
+    char *mem;
+    pid_t pid;
+
+    if (!PyArg_ParseTuple(args, "ii(ii):reader_start", &requests, &replies, &end_a, &end_b))
+        return NULL;
+    mem = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (mem == MAP_FAILED)
+        return raise_errno(NULL, NULL);
+    if (mprotect(mem, READER_GUARD, PROT_NONE) < 0) {  /* a stack overflow faults */
+        saved = errno;
+        munmap(mem, size);
+        errno = saved;
+        return raise_errno(NULL, NULL);
+    }
+    a = (struct reader_area *)(mem + READER_GUARD + READER_STACK);
+    a->requests = requests;
+    a->replies = replies;
+    a->parent_ends[0] = end_a;
+    a->parent_ends[1] = end_b;
+    /* No signal may reach a handler (the parent's code) in the child. */
+    sigfillset(&all);
+    sigprocmask(SIG_SETMASK, &all, &old);
+    pid = clone(reader_main, mem + READER_GUARD + READER_STACK, CLONE_VM | SIGCHLD, a);
+    saved = errno;
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        munmap(mem, size);
+        errno = saved;
+        return raise_errno(NULL, NULL);
+    }
+    return PyLong_FromLong((long)pid);
+}
+#endif /* x86_64, aarch64 */
+
 static PyMethodDef initium_methods[] = {
     {"mount", (PyCFunction)(void (*)(void))initium_mount, METH_VARARGS | METH_KEYWORDS,
      "mount(source, target, fstype, flags=0, data=None)"},
@@ -674,6 +919,10 @@ static PyMethodDef initium_methods[] = {
     {"spawn", (PyCFunction)(void (*)(void))initium_spawn, METH_VARARGS | METH_KEYWORDS,
      "spawn(path, argv, env, file_actions=(), *, setsid=False, sigdefault=(), pdeathsig=0, "
      "no_new_privs=False, keep_caps=-1) -> pid"},
+#ifdef HAVE_READER
+    {"reader_start", initium_reader_start, METH_VARARGS,
+     "reader_start(requests, replies, (parent_end, parent_end)) -> pid"},
+#endif
     {NULL, NULL, 0, NULL},
 };
 

@@ -282,6 +282,57 @@ def test_spawn_failures_say_where_the_child_stopped(tmp_path: Path, init_bytes: 
         "FileNotFoundError None No such file or directory (file action)"]
 
 
+# --- _initium.reader_start: the device reader's clone(CLONE_VM) child -------
+
+def test_the_device_reader_child_is_the_c_clone_and_keeps_its_deadline(
+        tmp_path: Path, init_bytes: bytes) -> None:
+    """tests/unit/test_reader.py's checks, on the static /init's C child.
+
+    A FIFO with no writer is a disk that never answers: the child's open
+    blocks until the parent's deadline.
+    """
+    init = _install(tmp_path, init_bytes)
+    disk = tmp_path / "disk.img"
+    data = bytes(range(256)) * 4096 + b"tail"
+    disk.write_bytes(data)
+    os.mkfifo(tmp_path / "stuck")
+    code = (
+        "import _initium, errno, os, time\n"
+        "from initium import syscalls\n"
+        "from initium.storage.reader import ChildReader, ReadStalled\n"
+        "assert syscalls.BUILTIN and hasattr(_initium, 'reader_start')\n"
+        f"disk, stuck = {str(disk)!r}, {str(tmp_path / 'stuck')!r}\n"
+        "data = open(disk, 'rb').read()\n"
+        "r = ChildReader(deadline=0.3)\n"
+        "for off, n in ((0, 512), (1000, 300000), (len(data) - 2, 10), (len(data), 5)):\n"
+        "    assert r.read(disk, off, n) == data[off:off + n], (off, n)\n"
+        "first = r.pid\n"
+        "with open(f'/proc/{first}/status') as f:\n"
+        "    status = dict(line.split(':', 1) for line in f)\n"
+        "print('blocked', status['SigBlk'].strip())\n"
+        "for bad in ('/nonexistent', os.path.dirname(disk)):\n"
+        "    try:\n"
+        "        r.read(bad, 0, 512)\n"
+        "    except OSError as err:\n"
+        "        print(type(err).__name__, err.filename == bad)\n"
+        "assert r.pid == first\n"
+        "t = time.monotonic()\n"
+        "try:\n"
+        "    r.read(stuck, 0, 512)\n"
+        "except ReadStalled as err:\n"
+        "    print('stalled', 0.3 <= time.monotonic() - t < 3, err.errno == errno.ETIMEDOUT)\n"
+        "assert r.read(disk, 7, 3) == data[7:10] and r.pid not in (0, first)\n"
+        "r.close()\n"
+        "print('closed', r.pid)\n")
+    done = _run([str(init), "-c", code])
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("blocked ") and int(lines[0].split()[1], 16) & (1 << 16), \
+        "signals are blocked in the child (SIGCHLD among them)"
+    assert lines[1:] == ["FileNotFoundError True", "IsADirectoryError True",
+                         "stalled True True", "closed 0"]
+
+
 # --- _selinux_min: libselinux's label lookup, linked in ----------------------
 
 FILE_CONTEXTS = ("/srv(/.*)?\tsystem_u:object_r:var_t:s0\n"

@@ -1150,7 +1150,7 @@ def test_a_stalling_disk_is_named_and_does_not_hold_the_verdict(
     """A read that takes 20 s: the device is called stalled after the read deadline.
 
     The memory machine's clock advances by the whole read (a simulated read
-    cannot be abandoned); on the machine the forked reader stops waiting at
+    cannot be abandoned); on the machine the reader's child process stops waiting at
     the deadline (initium.storage.reader, tests/unit/test_storage.py).
     """
     m = root_machine("root=UUID=00000000-0000-4000-8000-000000000000 rd.timeout=3",

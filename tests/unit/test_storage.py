@@ -115,18 +115,18 @@ def test_dm_aliases() -> None:
     assert spec.kind == "path"
 
 
-def test_the_forked_reader_reads_and_gives_up_on_a_device_that_never_answers(
+def test_the_child_reader_reads_and_gives_up_on_a_device_that_never_answers(
         tmp_path: pytest.TempPathFactory) -> None:
     import os
     import time
 
-    from initium.storage.reader import ForkedReader
+    from initium.storage.reader import ChildReader
 
     data = tmp_path / "disk.img"  # type: ignore[operator]
     data.write_bytes(b"0123456789" * 100)
     stuck = str(tmp_path / "stuck")  # type: ignore[operator]
     os.mkfifo(stuck)  # opening it for reading blocks until a writer comes: never
-    reader = ForkedReader(deadline=0.3)
+    reader = ChildReader(deadline=0.3)
     try:
         assert reader.read(str(data), 5, 10) == b"5678901234"
         with pytest.raises(FileNotFoundError):

@@ -1,0 +1,116 @@
+"""The device reader's child process on this host (a fork: the host's interpreter has no
+_initium.reader_start; tests/host/test_static_interpreter.py runs the same checks on the
+static /init, whose child is the C clone).
+
+Regular files stand in for disks, and a FIFO with no writer for a disk that never
+answers: opening it blocks the child until the deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+
+import pytest
+from initium.storage.reader import (
+    _CHUNK,
+    MAX_REPLY,
+    ChildReader,
+    ReadStalled,
+    StartReader,
+)
+from initium.system import LiveSystem
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> tuple[str, bytes]:
+    data = os.urandom(3 * _CHUNK + 12345)
+    path = tmp_path / "disk.img"
+    path.write_bytes(data)
+    return str(path), data
+
+
+def test_reads_what_the_file_holds_at_any_offset_and_length(disk: tuple[str, bytes]) -> None:
+    path, data = disk
+    reader = ChildReader(deadline=10.0)
+    try:
+        for offset, length in ((0, 512), (4096, 256), (1, 1), (len(data) - 7, 32),
+                               (len(data), 10), (_CHUNK - 3, 2 * _CHUNK + 9), (0, len(data))):
+            assert reader.read(path, offset, length) == data[offset:offset + length]
+        assert reader.read(path, 0, 0) == b""
+        first = reader.pid
+        assert first and reader.read(path, 10, 10) == data[10:20]
+        assert reader.pid == first, "one child serves every read"
+    finally:
+        reader.close()
+    assert reader.pid == 0
+
+
+def test_errors_come_back_as_oserror_and_the_child_keeps_serving(
+        disk: tuple[str, bytes], tmp_path: Path) -> None:
+    path, data = disk
+    reader = ChildReader(deadline=10.0)
+    try:
+        with pytest.raises(FileNotFoundError) as missing:
+            reader.read(str(tmp_path / "absent"), 0, 512)
+        assert missing.value.filename == str(tmp_path / "absent")
+        with pytest.raises(IsADirectoryError):
+            reader.read(str(tmp_path), 0, 512)
+        pid = reader.pid
+        assert reader.read(path, 100, 50) == data[100:150]
+        assert reader.pid == pid
+    finally:
+        reader.close()
+
+
+def test_bad_requests_are_refused_before_any_child_is_started(disk: tuple[str, bytes]) -> None:
+    path, _ = disk
+    reader = ChildReader()
+    for args in ((path, -1, 10), (path, 0, MAX_REPLY + 1), ("", 0, 10), ("/" * 5000, 0, 1)):
+        with pytest.raises(OSError) as err:
+            reader.read(*args)
+        assert err.value.errno == errno.EINVAL
+    assert reader.pid == 0
+
+
+def test_a_device_that_never_answers_is_reported_stalled_within_the_deadline(
+        disk: tuple[str, bytes], tmp_path: Path) -> None:
+    path, data = disk
+    stuck = tmp_path / "stuck"
+    os.mkfifo(stuck)  # no writer: the child's open never returns
+    reader = ChildReader(deadline=0.3)
+    try:
+        assert reader.read(path, 0, 16) == data[:16]
+        first = reader.pid
+        started = time.monotonic()
+        with pytest.raises(ReadStalled) as err:
+            reader.read(str(stuck), 0, 512)
+        waited = time.monotonic() - started
+        assert 0.3 <= waited < 3.0
+        assert err.value.errno == errno.ETIMEDOUT and "within 0.3 s" in str(err.value)
+        assert reader.abandoned == [first] and reader.pid == 0
+        # The device is failed at once from now on, until forgiven ...
+        started = time.monotonic()
+        with pytest.raises(ReadStalled):
+            reader.read(str(stuck), 0, 512)
+        assert time.monotonic() - started < 0.2
+        # ... and the other devices are served by a new child.
+        assert reader.read(path, 5, 5) == data[5:10]
+        assert reader.pid not in (0, first)
+    finally:
+        reader.close()
+    # The abandoned child was killed (it slept interruptibly): reaped by close(), or
+    # dying of SIGKILL still.
+    try:
+        pid, status = os.waitpid(first, 0)
+    except ChildProcessError:
+        pass
+    else:
+        assert pid == first and os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9
+
+
+def test_the_live_system_starts_a_child_reader() -> None:
+    reader = StartReader(deadline=1.5).perform(LiveSystem())
+    assert isinstance(reader, ChildReader) and reader.deadline == 1.5 and reader.pid == 0
