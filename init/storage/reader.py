@@ -127,14 +127,15 @@ def _serve(requests: int, replies: int) -> None:
             fd = fds.get(path)
             if fd is None:
                 fd = fds[path] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            while length:
-                data = os.pread(fd, min(length, _CHUNK), offset)
-                if not data:
-                    break
-                os.write(replies, _frame(len(data)) + data)
+            while True:  # the last data frame and the end go out in one write
+                data = os.pread(fd, min(length, _CHUNK), offset) if length else b""
                 offset += len(data)
                 length -= len(data)
-            os.write(replies, _frame(0))
+                last = not data or not length
+                os.write(replies, (_frame(len(data)) + data if data else b"")
+                         + (_frame(0) if last else b""))
+                if last:
+                    break
         except OSError as err:
             os.write(replies, _frame(-(err.errno or errno.EIO)))
 
@@ -169,6 +170,7 @@ class ChildReader(Reader):
         self.pid = 0
         self.requests = self.replies = -1
         self.abandoned: list[int] = []
+        self.poller = select.poll()
 
     def _start(self) -> None:
         from initium import syscalls
@@ -191,6 +193,8 @@ class ChildReader(Reader):
         os.close(req_r)
         os.close(rep_w)
         self.pid, self.requests, self.replies = pid, req_w, rep_r
+        self.poller = select.poll()
+        self.poller.register(rep_r, select.POLLIN)
 
     def _abandon(self) -> None:
         os.close(self.requests)
@@ -215,43 +219,46 @@ class ChildReader(Reader):
         except BrokenPipeError:
             self._abandon()
             raise OSError(errno.EIO, "the device reader died", path) from None
-        poller = select.poll()
-        poller.register(self.replies, select.POLLIN)
         until = time.monotonic() + self.deadline
-        chunks = []
+        pending = b""  # what the child sent that is not parsed yet
+        data: list[bytes] = []
         got = 0
         while True:
-            code = int.from_bytes(self._receive(poller, until, 4, path), "little", signed=True)
-            if code <= 0:
-                break
-            got += code
-            if got > length:
-                self._abandon()
-                raise OSError(errno.EIO, "the device reader sent more than asked", path)
-            chunks.append(self._receive(poller, until, code, path))
-        if code:
-            raise OSError(-code, os.strerror(-code), path)
-        return b"".join(chunks)
+            while len(pending) >= 4:
+                code = int.from_bytes(pending[:4], "little", signed=True)
+                if code <= 0:
+                    if len(pending) > 4:  # nothing follows the end of a reply
+                        self._abandon()
+                        raise OSError(errno.EIO, "the device reader sent more than asked", path)
+                    if code:
+                        raise OSError(-code, os.strerror(-code), path)
+                    return b"".join(data)
+                if len(pending) < 4 + code:
+                    break
+                got += code
+                if got > length:
+                    self._abandon()
+                    raise OSError(errno.EIO, "the device reader sent more than asked", path)
+                data.append(pending[4:4 + code])
+                pending = pending[4 + code:]
+            pending += self._receive(until, path)
 
-    def _receive(self, poller: select.poll, until: float, size: int, path: str) -> bytes:
-        """``size`` bytes of the reply, each wait bounded by the read's deadline."""
-        chunks = []
-        while size:
+    def _receive(self, until: float, path: str) -> bytes:
+        """What the child has sent so far, waiting for it no later than ``until``."""
+        while True:
             left = max(until - time.monotonic(), 0.0)
-            if not poller.poll(math.ceil(left * 1000)):
+            if not self.poller.poll(math.ceil(left * 1000)):
                 self._abandon()
                 self.stalled.add(path)
                 raise ReadStalled(path, self.deadline)
             try:
-                chunk = os.read(self.replies, min(size, 1 << 20))
+                chunk = os.read(self.replies, 1 << 20)
             except InterruptedError:
                 continue
             if not chunk:
                 self._abandon()
                 raise OSError(errno.EIO, "the device reader died", path)
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            return chunk
 
     def close(self) -> None:
         if self.pid:

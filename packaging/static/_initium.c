@@ -698,7 +698,7 @@ struct reader_area {
     char names[READER_FDS][READER_NAME];
     char path[READER_PATH];
     unsigned char head[16];
-    unsigned char buf[4 + READER_CHUNK];
+    unsigned char buf[4 + READER_CHUNK + 4];
 };
 
 /* A system call with no libc in between: returns -errno on failure. */
@@ -849,9 +849,14 @@ reader_main(void *arg)
             if (n == 0)
                 break;
             reader_put32(a->buf, (unsigned int)n);
-            reader_write_full(a->replies, a->buf, 4 + (unsigned long)n);
             offset += (unsigned long long)n;
             length -= (unsigned long)n;
+            if (length == 0) {  /* the last data and the end of the reply in one write */
+                reader_put32(a->buf + 4 + n, 0);
+                reader_write_full(a->replies, a->buf, 4 + (unsigned long)n + 4);
+                goto next;
+            }
+            reader_write_full(a->replies, a->buf, 4 + (unsigned long)n);
         }
         reader_frame(a, 0);
     next:

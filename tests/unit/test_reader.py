@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import time
 from pathlib import Path
 
@@ -114,3 +115,73 @@ def test_a_device_that_never_answers_is_reported_stalled_within_the_deadline(
 def test_the_live_system_starts_a_child_reader() -> None:
     reader = StartReader(deadline=1.5).perform(LiveSystem())
     assert isinstance(reader, ChildReader) and reader.deadline == 1.5 and reader.pid == 0
+
+
+class ScriptedChild(ChildReader):
+    """A child that answers the first request with ``reply`` and then sleeps."""
+
+    def __init__(self, reply: bytes) -> None:
+        super().__init__(deadline=0.3)
+        self.reply = reply
+
+    def _start(self) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(req_w)
+                os.close(rep_r)
+                os.read(req_r, 1 << 16)
+                os.write(rep_w, self.reply)
+                time.sleep(30)
+            finally:
+                os._exit(0)
+        os.close(req_r)
+        os.close(rep_w)
+        self.pid, self.requests, self.replies = pid, req_w, rep_r
+        self.poller = select.poll()
+        self.poller.register(rep_r, select.POLLIN)
+
+
+def _frame(n: int) -> bytes:
+    return n.to_bytes(4, "little", signed=True)
+
+
+@pytest.mark.parametrize("reply", [
+    _frame(10) + b"x" * 10 + _frame(0),  # more data than asked
+    _frame(5) + b"x" * 5 + _frame(0) + _frame(0),  # something after the end
+])
+def test_a_child_that_sends_more_than_asked_is_abandoned(reply: bytes) -> None:
+    reader = ScriptedChild(reply)
+    try:
+        with pytest.raises(OSError, match="sent more than asked"):
+            reader.read("/dev/null", 0, 5)
+        assert reader.pid == 0 and len(reader.abandoned) == 1
+    finally:
+        reader.close()
+
+
+@pytest.mark.parametrize("reply", [b"", _frame(100) + b"x" * 50, _frame(3)[:2]])
+def test_a_reply_that_stops_halfway_is_a_stall_within_the_deadline(reply: bytes) -> None:
+    reader = ScriptedChild(reply)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ReadStalled):
+            reader.read("/dev/null", 0, 100)
+        assert time.monotonic() - started < 3.0
+        assert "/dev/null" in reader.stalled
+    finally:
+        reader.close()
+
+
+def test_an_error_frame_is_the_errno_it_carries() -> None:
+    reader = ScriptedChild(_frame(-errno.EIO))
+    try:
+        with pytest.raises(OSError) as err:
+            reader.read("/dev/null", 0, 5)
+        assert err.value.errno == errno.EIO and err.value.filename == "/dev/null"
+        assert reader.pid != 0, "an error is an answer: the child keeps serving"
+    finally:
+        os.kill(reader.pid, 9)
+        reader.close()
