@@ -12,11 +12,11 @@ serves the other devices.
 
 Under the static /init the child is a clone(CLONE_VM) of PID 1 running a
 small loop in C (``_initium.reader_start``); elsewhere a fork running
-``_serve``. Under QEMU's TCG the fork cost the plain-root boot about 40 ms
-(its page tables, copy-on-write faults on both sides, and a Python loop
-in the child for each of the ~24 reads of a probe); the clone costs a
-system call, and each read a round trip through two pipes
-(benchmarks/README.md, "The device reader").
+``_serve``. Under QEMU's TCG the plain root's probe (24 reads of vda, page
+cache dropped) took 10 ms in-process, 23 ms through the clone and 37 ms
+through the first fork of a boot (medians of 6 boots): the fork's page
+tables and copy-on-write faults were half the reader's cost; what is left
+is two context switches per read (benchmarks/README.md, "The device reader").
 
 Tests and dry runs read in-process (``SimulatedReader``): there a read
 counts as stalled when the system's clock says it took longer than the
