@@ -208,7 +208,8 @@ class ChildReader(Reader):
 
     def _read(self, path: str, offset: int, length: int) -> bytes:
         name = os.fsencode(path)
-        if not 0 < len(name) <= MAX_PATH or offset < 0 or not 0 <= length <= MAX_REPLY:
+        if not 0 < len(name) <= MAX_PATH or b"\0" in name or not 0 <= offset < 1 << 63 \
+                or not 0 <= length <= MAX_REPLY:
             raise OSError(errno.EINVAL, f"no read of {length} bytes at {offset}", path)
         if not self.pid:
             self._start()
@@ -233,12 +234,12 @@ class ChildReader(Reader):
                     if code:
                         raise OSError(-code, os.strerror(-code), path)
                     return b"".join(data)
+                if got + code > length:  # before waiting for that much
+                    self._abandon()
+                    raise OSError(errno.EIO, "the device reader sent more than asked", path)
                 if len(pending) < 4 + code:
                     break
                 got += code
-                if got > length:
-                    self._abandon()
-                    raise OSError(errno.EIO, "the device reader sent more than asked", path)
                 data.append(pending[4:4 + code])
                 pending = pending[4 + code:]
             pending += self._receive(until, path)

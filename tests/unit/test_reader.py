@@ -69,7 +69,8 @@ def test_errors_come_back_as_oserror_and_the_child_keeps_serving(
 def test_bad_requests_are_refused_before_any_child_is_started(disk: tuple[str, bytes]) -> None:
     path, _ = disk
     reader = ChildReader()
-    for args in ((path, -1, 10), (path, 0, MAX_REPLY + 1), ("", 0, 10), ("/" * 5000, 0, 1)):
+    for args in ((path, -1, 10), (path, 1 << 64, 1), (path, 0, MAX_REPLY + 1), ("", 0, 10),
+                 ("/" * 5000, 0, 1), (path + "\0x", 0, 1)):
         with pytest.raises(OSError) as err:
             reader.read(*args)
         assert err.value.errno == errno.EINVAL
@@ -151,6 +152,7 @@ def _frame(n: int) -> bytes:
 @pytest.mark.parametrize("reply", [
     _frame(10) + b"x" * 10 + _frame(0),  # more data than asked
     _frame(5) + b"x" * 5 + _frame(0) + _frame(0),  # something after the end
+    _frame(1 << 30),  # announces more than asked, and is not waited for
 ])
 def test_a_child_that_sends_more_than_asked_is_abandoned(reply: bytes) -> None:
     reader = ScriptedChild(reply)
