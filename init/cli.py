@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--evm-cert", action="append", default=[], metavar="DER",
                        help="X.509 certificate (DER) for the .evm keyring; repeatable")
     build.add_argument("--storage", metavar="KINDS",
-                       help="storage handlers: luks,lvm,md,verity (comma separated), auto "
+                       help="storage handlers: luks,lvm,md,verity,udev (comma separated), auto "
                             "(what this host's root needs) or none")
     build.add_argument("--include", nargs=2, action="append", default=[],
                        metavar=("SRC", "DST"),

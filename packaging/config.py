@@ -157,7 +157,7 @@ def _policy_dir(value: Any) -> str:
     return _path(value)
 
 
-STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "auto", "none")
+STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "udev", "auto", "none")
 INCLUDE_MODE = 0o400
 
 
@@ -279,7 +279,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", _names_among(STORAGE_CHOICES), "Storage handlers to put in the image, "
             "each with its tool, "
             "libraries and kernel modules: luks (cryptsetup), lvm (lvm), md (mdadm), verity "
-            "(veritysetup); auto: what this host's own root needs; none (the default): no "
+            "(veritysetup), udev (systemd-udevd and udevadm with the host's storage rules, "
+            "for /dev/disk/by-id roots and udev's view of the devices; never chosen by "
+            "auto); auto: what this host's own root needs; none (the default): no "
             "storage stage at all. On the command line a comma-separated list.", "--storage"),
     Setting("include", _includes, "Files to add to the image, as [[include]] tables with "
             "source (host path), target (image path) and mode (octal string, default "

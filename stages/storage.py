@@ -20,9 +20,10 @@ from initium.storage.crypt import CRYPTTAB, Crypt, CryptError, parse_crypttab
 from initium.storage.loop import Assembly, Handler
 from initium.storage.lvm import Lvm
 from initium.storage.md import CONFIG, CONFIG_PATH, Md
+from initium.storage.udev import Udev
 from initium.storage.verity import Verity
 
-KINDS = ("luks", "lvm", "md", "verity")
+KINDS = ("luks", "lvm", "md", "verity", "udev")
 # Per kind: the tool (host path, then the name used at boot), required modules, optional ones.
 TOOLS = {"luks": "cryptsetup", "lvm": "lvm", "md": "mdadm", "verity": "veritysetup"}
 MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -142,7 +143,14 @@ class Storage(Stage):
         tools: dict[str, str] = {}
         required: list[str] = []
         optional: list[str] = []
+        udev: JSON = {}
+        if "udev" in kinds:
+            from initium.packaging.udev import install_udev
+
+            udev = install_udev(image, kinds)
         for kind in kinds:
+            if kind == "udev":
+                continue
             host = find_tool(TOOLS[kind])
             image.add_binary(host)
             tools[kind] = host
@@ -152,12 +160,18 @@ class Storage(Stage):
                 image.add_file(CONFIG_PATH, CONFIG)
         modules = image.add_modules(list(dict.fromkeys(required)),
                                     [m for m in dict.fromkeys(optional) if m not in required])
-        return {"kinds": kinds, "tools": tools, "modules": modules}
+        found: JSON = {"kinds": kinds, "tools": tools, "modules": modules}
+        if udev:
+            found["udev"] = udev
+        return found
 
     def handlers(self, ctx: BootContext) -> tuple[Handler, ...]:
         data = ctx.data()
         tools: dict[str, str] = data.get("tools", {})
         found: list[Handler] = []
+        udev = data.get("udev")
+        if udev:
+            found.append(Udev(ctx, udev["udevd"], udev["udevadm"]))
         if "md" in tools:
             found.append(Md(ctx, tools["md"], enabled=ctx.value(MD),
                             uuids=ctx.value(MD_UUID), timeout=ctx.value(MD_TIMEOUT)))
@@ -192,6 +206,9 @@ class Storage(Stage):
             if not ctx.sys.exists(directory):
                 ctx.sys.apply(ops.MakeDir(directory, 0o700))
         loop = Assembly(ctx, self.handlers(ctx))
+        for handler in loop.handlers:
+            if isinstance(handler, Udev):
+                handler.start()  # before the first turn: coldplug, then udev's view each turn
         if ctx.value(ROOTHASH) is not None:
             loop.default_root = "/dev/mapper/root"
         ctx.state.put(loop)
@@ -199,7 +216,7 @@ class Storage(Stage):
         spec = None
         if text is not None:
             try:
-                spec = parse_root_spec(text, device_mapper=True)
+                spec = parse_root_spec(text, device_mapper=True, udev=loop.has("udev"))
             except RootSpecError:
                 spec = None  # root says so, with its own message
         loop.wait(spec, wait_budget(ctx.options))

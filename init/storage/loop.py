@@ -82,6 +82,10 @@ class Handler:
     def missing(self, loop: Assembly) -> list[str]:
         return []
 
+    def aliases(self, device: BlockDevice) -> tuple[str, ...]:
+        """Other /dev paths this handler knows for ``device`` (udev's links)."""
+        return ()
+
 
 def _classify(device: BlockDevice, handlers: dict[str, Handler]) -> str:
     if device.error is not None:
@@ -158,7 +162,15 @@ class Assembly:
         for device in devices:
             if device.matches(spec, devices):
                 return device
+        if spec.kind == "path":
+            for device in devices:
+                if any(spec.value in h.aliases(device) for h in self.handlers):
+                    return device
         return None
+
+    def has(self, name: str) -> bool:
+        """Whether the handler ``name`` (udev, crypt …) is in this boot's loop."""
+        return any(h.name == name for h in self.handlers)
 
     def entry_for(self, spec: RootSpec) -> Entry | None:
         """The registry entry a device spec names (hidden ones too: handlers use this)."""
