@@ -15,6 +15,7 @@ modules.alias.
 from __future__ import annotations
 
 import os
+import re
 
 from initium.stage import JSON, Image
 
@@ -28,6 +29,8 @@ UDEV_LIB = ("/usr/lib/udev", "/lib/udev")
 IMAGE_RULES = "/usr/lib/udev/rules.d"
 IMAGE_LIB = "/usr/lib/udev"
 UDEV_CONF = "/etc/udev/udev.conf"
+HOST_GROUP = "/etc/group"
+_GROUP = re.compile(rb'GROUP\s*:?=\s*"([A-Za-z_][A-Za-z0-9_.-]*)"')
 
 BASE_RULES = ("50-udev-default.rules", "60-persistent-storage.rules")
 # Programs 60-persistent-storage.rules runs for ATA and SCSI disks' by-id links.
@@ -72,6 +75,22 @@ def rule_names(kinds: tuple[str, ...] | list[str]) -> list[str]:
     return sorted(names)
 
 
+def group_file(rules: list[bytes], host_groups: str) -> tuple[bytes, list[str]]:
+    """An /etc/group with the groups the rules name, as the host numbers them; and those it lacks.
+
+    Only name and number: members are the host's business. A group the host
+    lacks is left out, and udevd ignores its rule's GROUP= as the host's does.
+    """
+    wanted = sorted({m.group(1).decode() for text in rules for m in _GROUP.finditer(text)})
+    known: dict[str, str] = {}
+    for line in host_groups.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2].isdigit():
+            known.setdefault(fields[0], fields[2])
+    lines = [f"{name}:x:{known[name]}:\n" for name in wanted if name in known]
+    return "".join(lines).encode(), [name for name in wanted if name not in known]
+
+
 def install_udev(image: Image, kinds: tuple[str, ...] | list[str]) -> JSON:
     """Add udevd, udevadm, the rules and their programs; the paths the boot side runs."""
     from initium.stages.storage import find_tool
@@ -91,12 +110,14 @@ def install_udev(image: Image, kinds: tuple[str, ...] | list[str]) -> JSON:
     else:
         image.add_binary(udevd)
     rules = []
+    texts = []
     for name in rule_names(kinds):
         path = host_rule(name)
         if path is None:
             continue
         with open(path, "rb") as f:
-            image.add_file(f"{IMAGE_RULES}/{name}", f.read())
+            texts.append(f.read())
+        image.add_file(f"{IMAGE_RULES}/{name}", texts[-1])
         rules.append(name)
     if not any(name in rules for name in BASE_RULES):
         raise ValueError("--storage udev needs the host's 60-persistent-storage.rules "
@@ -110,8 +131,15 @@ def install_udev(image: Image, kinds: tuple[str, ...] | list[str]) -> JSON:
     tools = sorted({tool for kind in kinds for tool in KIND_TOOLS.get(kind, ())})
     for tool in tools:
         image.add_binary(find_tool(tool))
+    try:
+        with open(HOST_GROUP, encoding="utf-8", errors="replace") as f:
+            host_groups = f.read()
+    except OSError:
+        host_groups = ""
+    groups, unknown = group_file(texts, host_groups)
+    image.add_file(HOST_GROUP, groups)
     if os.path.isfile(UDEV_CONF):
         with open(UDEV_CONF, "rb") as f:
             image.add_file(UDEV_CONF, f.read())
     return {"udevd": udevd_image, "udevadm": udevadm_image, "rules": rules,
-            "programs": programs, "tools": tools}
+            "programs": programs, "tools": tools, "unknown_groups": unknown}

@@ -5,10 +5,10 @@ before the loop's first turn and the loop follows it like any handler:
 
 * start: ``systemd-udevd`` runs as our own child through the one spawner
   (no ``--daemon``: a daemon would fork away from us and nobody could reap
-  it), with ``--resolve-names=never`` as dracut runs it, since the image has
-  no user or group database. It is ready when it answers ``udevadm control
+  it), logging to the kernel log. It is ready when it answers ``udevadm control
   --ping`` on its control socket: by then its netlink socket is bound, so
-  no event the coldplug sends is lost.
+  no event the coldplug sends is lost. Group names in the rules (GROUP="disk")
+  resolve through the image's /etc/group, which the builder writes.
 * coldplug: ``udevadm trigger --type=subsystems --action=add`` then
   ``--type=devices``, as systemd-udev-trigger.service does.
 * following it: udev's view of a block device is its database file,
@@ -22,7 +22,8 @@ before the loop's first turn and the loop follows it like any handler:
   the boot goes on with what our own probes found.
 * stop, at switch-root (systemd's initrd-udevadm-cleanup-db.service):
   ``udevadm control --exit``, the child reaped (killed after
-  ``STOP_TIMEOUT``), then ``udevadm info --cleanup-db``, which keeps only
+  ``STOP_TIMEOUT``), its control socket removed (the socket unit's
+  RemoveOnStop=), then ``udevadm info --cleanup-db``, which keeps only
   the database entries of devices whose rules set ``OPTIONS+="db_persist"``
   (device-mapper and md: they cannot be probed again safely) for the real
   root's udevd, which coldplugs again.
@@ -61,6 +62,9 @@ STOP_TIMEOUT = 5.0
 # A database file is a few hundred bytes; more than this is not udev's.
 MAX_DB = 64 << 10
 MAX_LINKS = 256
+# udevd's messages go to the kernel log with its name and pid, like ours,
+# rather than bare lines on the console.
+UDEVD_ENV = (("SYSTEMD_LOG_TARGET", "kmsg"),)
 
 
 class UdevDbError(ValueError):
@@ -136,12 +140,15 @@ class StartDaemon(ops.Op):
     """Start a long-running helper as our child (through the one spawner); the reply a Daemon."""
 
     argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # added to the spawner's minimal environment
 
     def describe(self) -> str:
-        return "+ " + process.quote(self.argv) + " &"
+        env = "".join(f"{k}={process.quote([v])} " for k, v in self.env)
+        return "+ " + env + process.quote(self.argv) + " &"
 
     def perform(self, sys: System) -> Daemon:
-        return Daemon(self.argv[0], process.start(self.argv))
+        return Daemon(self.argv[0], process.start(self.argv,
+                                                  env={**process.MINIMAL_ENV, **dict(self.env)}))
 
     def simulate(self, sys: System) -> Daemon:
         return Daemon(self.argv[0], 0)
@@ -164,6 +171,27 @@ class StopDaemon(ops.Op):
 
     def simulate(self, sys: System) -> str:
         return "exited"
+
+
+@record
+class RemoveStale(ops.Op):
+    """Remove a file a stopped daemon left (its socket), as systemd's RemoveOnStop= does."""
+
+    path: str
+
+    def describe(self) -> str:
+        return f"rm -f {self.path}"
+
+    def perform(self, sys: System) -> None:
+        import os
+
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    def simulate(self, sys: System) -> None:
+        return None  # a test machine scripts the removal with on_apply
 
 
 class Udev(Handler):
@@ -199,7 +227,7 @@ class Udev(Handler):
             if not sys.exists(directory):
                 sys.apply(ops.MakeDir(directory, 0o755))
         try:
-            self.daemon = sys.apply(StartDaemon((self.udevd, "--resolve-names=never")))
+            self.daemon = sys.apply(StartDaemon((self.udevd,), UDEVD_ENV))
         except process.ProcessError as err:
             raise StageError(f"cannot start systemd-udevd: {err}",
                              "rebuild the image with initium build --storage udev, or "
@@ -219,12 +247,15 @@ class Udev(Handler):
                              f"(udevadm control --ping: status {status})",
                              "boot with udev.log_level=debug to see why, or rebuild the "
                              "image without udev")
+        answered = sys.monotonic()
+        self.ctx.debug(f"systemd-udevd answered after {answered - began:.3f} s")
         for kind in ("subsystems", "devices"):
             status = self._udevadm("trigger", f"--type={kind}", "--action=add")
             if status != 0:
                 self.ctx.warn(f"udevadm trigger --type={kind} exited with status {status}; "
                               "devices it missed are still found by our own probes")
         self.triggered = self.busy_since = sys.monotonic()
+        self.ctx.debug(f"coldplug triggered in {self.triggered - answered:.3f} s")
 
     def stop(self) -> None:
         """Stop udevd and leave its database as systemd's initrd-udevadm-cleanup-db does."""
@@ -246,6 +277,9 @@ class Udev(Handler):
             self.ctx.warn(f"systemd-udevd {ended}")
         else:
             self.ctx.debug(f"systemd-udevd {ended}")
+        # systemd-udevd-control.socket has RemoveOnStop=yes: libudev and
+        # libdevmapper take the socket's presence for a running udevd.
+        self.ctx.sys.apply(RemoveStale(CONTROL))
         if self._udevadm("info", "--cleanup-db") != 0:
             self.ctx.warn("udevadm info --cleanup-db failed; the real root's udevd starts "
                           "with the initramfs's database")
