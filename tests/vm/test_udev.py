@@ -95,7 +95,8 @@ def _handed_over(output: str) -> None:
     # (vda's entry, b254:0 or so, was there during the boot).
     assert not re.search(r"\bb\d+:\d+\b", data.group(1)), data.group(1)
     control = re.search(r"INITIUM-UDEV-CONTROL ([^\r\n]*)", output)
-    assert control and "control" not in control.group(1).split(), control.group(1)
+    assert control, output[-3000:]
+    assert "control" not in control.group(1).split(), control.group(1)
     assert re.search(r"initium: storage: udev settled after \d+\.\d+ s", output), output[-4000:]
 
 
