@@ -234,7 +234,8 @@ class Udev(Handler):
                              "without udev to probe devices directly") from None
         self.ctx.at_switch_root("systemd-udevd", lambda _ctx: self.stop())
         began = sys.monotonic()
-        while not sys.exists(CONTROL):
+        # A dry run starts nothing: it reads the udev database of the host's own udevd.
+        while not sys.dry_run and not sys.exists(CONTROL):
             if sys.monotonic() - began >= START_TIMEOUT:
                 raise StageError(f"systemd-udevd did not open {CONTROL} within "
                                  f"{START_TIMEOUT:g} s (see its messages above)",

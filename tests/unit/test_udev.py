@@ -294,3 +294,13 @@ def test_process_start_and_stop_reap_a_real_child() -> None:
     pid = process.start(["/bin/true"])
     assert process.stop(pid, 5.0) == "exited with status 0"
     assert process.stop(pid, 0.1) == "exited"  # already reaped
+
+
+def test_a_dry_run_reads_the_hosts_udev_without_waiting_for_a_daemon_it_never_started(
+        images: dict[str, bytes]) -> None:  # noqa: F811
+    world = World(no_socket=True, process_after=0.0)
+    m = udev_machine(f"root=/dev/disk/by-id/{SERIAL}", both(images), world)
+    m.sys.dry_run = True  # as DryRunSystem: StartDaemon only recorded
+    Storage().run(m.ctx)
+    assert m.sys.now < 1.0
+    assert "start" in world.calls and f"found /dev/disk/by-id/{SERIAL}: vda" in m.text
