@@ -151,7 +151,7 @@ class Root(Stage):
             raise StageError("no root= on the kernel command line",
                              "add root=UUID=… (or LABEL=, PARTUUID=, /dev/…)")
         try:
-            spec = parse_root_spec(text, device_mapper=bool(loop.handlers),
+            spec = parse_root_spec(text, device_mapper=any(h.name != "udev" for h in loop.handlers),
                                    udev=loop.has("udev"))
         except RootSpecError as err:
             raise StageError(str(err), "fix root= on the kernel command line") from None

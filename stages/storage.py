@@ -171,7 +171,11 @@ class Storage(Stage):
         found: list[Handler] = []
         udev = data.get("udev")
         if udev:
-            found.append(Udev(ctx, udev["udevd"], udev["udevadm"]))
+            # A retry after the emergency shell keeps the udevd the first try started.
+            previous = ctx.state.get(Assembly)
+            running = [h for h in previous.handlers if isinstance(h, Udev) and h.daemon] \
+                if previous is not None else []
+            found.append(running[0] if running else Udev(ctx, udev["udevd"], udev["udevadm"]))
         if "md" in tools:
             found.append(Md(ctx, tools["md"], enabled=ctx.value(MD),
                             uuids=ctx.value(MD_UUID), timeout=ctx.value(MD_TIMEOUT)))
@@ -207,7 +211,7 @@ class Storage(Stage):
                 ctx.sys.apply(ops.MakeDir(directory, 0o700))
         loop = Assembly(ctx, self.handlers(ctx))
         for handler in loop.handlers:
-            if isinstance(handler, Udev):
+            if isinstance(handler, Udev) and handler.daemon is None:
                 handler.start()  # before the first turn: coldplug, then udev's view each turn
         if ctx.value(ROOTHASH) is not None:
             loop.default_root = "/dev/mapper/root"

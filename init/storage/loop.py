@@ -206,7 +206,8 @@ class Assembly:
                 wanted = ([str(spec)] if spec is not None and device is None else []) + missing
                 self.ctx.log(f"waiting for {', '.join(wanted)} ({bound})")
                 announced = True
-            self.ctx.sys.sleep(min(POLL_INTERVAL, max(budget - waited, 0.0)))
+            # at least 1 ms: a remainder of 1e-16 s would not move a clock at 2 s
+            self.ctx.sys.sleep(min(POLL_INTERVAL, max(budget - waited, 1e-3)))
 
     def _timeout(self, spec: RootSpec | None, device: BlockDevice | None, missing: list[str],
                  waited: float) -> StageError:

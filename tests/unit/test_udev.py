@@ -304,3 +304,14 @@ def test_a_dry_run_reads_the_hosts_udev_without_waiting_for_a_daemon_it_never_st
     Storage().run(m.ctx)
     assert m.sys.now < 1.0
     assert "start" in world.calls and f"found /dev/disk/by-id/{SERIAL}: vda" in m.text
+
+
+def test_a_retry_after_the_shell_keeps_the_running_udevd(images: dict[str, bytes]) -> None:  # noqa: F811
+    world = World()
+    m = udev_machine("root=/dev/disk/by-id/absent rd.timeout=2", both(images), world)
+    with pytest.raises(StageError):
+        Storage().run(m.ctx)
+    with pytest.raises(StageError):
+        Storage().run(m.ctx)  # the runner retries the stage once the shell exits
+    assert world.calls.count("start") == 1
+    assert [t.name for t in m.ctx.teardowns].count("systemd-udevd") == 1
