@@ -49,6 +49,22 @@ KIND_RULES = {
 KIND_TOOLS = {"luks": ("dmsetup",), "verity": ("dmsetup",), "lvm": ("dmsetup",)}
 
 
+# Ours: device-mapper and md devices keep their database entry across
+# switch-root, as dracut's 11-dm.rules and md rules arrange (Debian's and
+# Fedora's own dm rules do not: they expect a systemd initrd that does).
+PERSIST_RULES = "59-initium-db-persist.rules"
+PERSIST_TEXT = b"""\
+# initium: udevadm info --cleanup-db at switch-root spares db_persist entries.
+# Device-mapper and md devices are set up in the initramfs and stay in use; the
+# real root's udevd must find their flags (DM_UDEV_PRIMARY_SOURCE_FLAG, MD_*) in
+# the database when it coldplugs them, or it takes them for devices not ready.
+SUBSYSTEM!="block", GOTO="initium_db_persist_end"
+ACTION!="add|change", GOTO="initium_db_persist_end"
+KERNEL=="dm-[0-9]*|md[0-9]*|md_d[0-9]*", OPTIONS+="db_persist"
+LABEL="initium_db_persist_end"
+"""
+
+
 def _first(paths: tuple[str, ...]) -> str | None:
     for path in paths:
         if os.path.isfile(path) and os.access(path, os.X_OK):
@@ -119,6 +135,8 @@ def install_udev(image: Image, kinds: tuple[str, ...] | list[str]) -> JSON:
             texts.append(f.read())
         image.add_file(f"{IMAGE_RULES}/{name}", texts[-1])
         rules.append(name)
+    image.add_file(f"{IMAGE_RULES}/{PERSIST_RULES}", PERSIST_TEXT)
+    rules.append(PERSIST_RULES)
     if not any(name in rules for name in BASE_RULES):
         raise ValueError("--storage udev needs the host's 60-persistent-storage.rules "
                          f"(looked in {', '.join(RULES_DIRS)})")

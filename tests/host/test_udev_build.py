@@ -8,7 +8,14 @@ import stat
 from pathlib import Path
 
 import pytest
-from initium.packaging.udev import BASE_RULES, DM_RULES, group_file, host_rule, rule_names
+from initium.packaging.udev import (
+    BASE_RULES,
+    DM_RULES,
+    PERSIST_RULES,
+    group_file,
+    host_rule,
+    rule_names,
+)
 from initium.plan import PLAN_PATH, Plan
 
 from tests.host.conftest import build
@@ -47,6 +54,8 @@ def test_the_udev_image_has_udevd_udevadm_rules_and_their_libraries(
                                              link.data.decode())) == UDEVADM
     for name in BASE_RULES:
         assert f"/usr/lib/udev/rules.d/{name}" in files
+    persist = files[f"/usr/lib/udev/rules.d/{PERSIST_RULES}"].data
+    assert b'KERNEL=="dm-[0-9]*|md[0-9]*|md_d[0-9]*", OPTIONS+="db_persist"' in persist
     for name in ("69-lvm.rules", "64-md-raid-assembly.rules", "80-drivers.rules"):
         assert f"/usr/lib/udev/rules.d/{name}" not in files  # they would assemble or load
     libs = {os.path.basename(p) for p in files if "/lib/" in p and ".so" in p}

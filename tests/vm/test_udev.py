@@ -16,6 +16,7 @@ import tempfile
 import pytest
 import rootdisk
 
+from tests.vm import storage_disks as sd
 from tests.vm.conftest import BOOT_TIMEOUT, POWER_DOWN, ROOT_UUID, _build
 
 pytestmark = pytest.mark.vm
@@ -36,7 +37,7 @@ RUN_INIT = re.compile(r"^\[\s*(\d+\.\d+)\][^\n]*Run /init as init process", re.M
 ROOT_UP = re.compile(r"INITIUM-ROOT-INIT pid=1 [^\r\n]*uptime=(\d+\.\d+)")
 
 
-def make_udev_disk(path: str) -> None:
+def make_udev_disk(path: str, uuid: str = ROOT_UUID) -> None:
     """The plain ext4 root of the other tests, its init also reporting udev's leftovers."""
     init = rootdisk.ROOT_INIT.replace("$B sync\n", REPORT + "$B sync\n")
     assert init != rootdisk.ROOT_INIT
@@ -46,7 +47,7 @@ def make_udev_disk(path: str) -> None:
             f.write(init)
         with open(path, "wb") as f:
             f.truncate(16 << 20)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", tree, "-U", ROOT_UUID, "-E",
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-d", tree, "-U", uuid, "-E",
                         "root_owner=0:0,lazy_itable_init=0", path], check=True,
                        capture_output=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "1"})
 
@@ -84,16 +85,17 @@ def in_initramfs(output: str) -> float:
     return float(up.group(1)) - float(run.group(1))
 
 
-def _handed_over(output: str) -> None:
+def _handed_over(output: str, kept: str = "") -> None:
     assert re.search(r"INITIUM-ROOT-INIT pid=1 ", output), output[-4000:]
     procs = re.search(r"INITIUM-UDEV-PROCS ([^\r\n]*)", output)
     assert procs, output[-3000:]
     assert "udevd" not in procs.group(1) and "udev-worker" not in procs.group(1), procs.group(1)
     data = re.search(r"INITIUM-UDEV-DATA ([^\r\n]*)", output)
     assert data and data.group(1).startswith("present"), output[-3000:]
-    # Nothing here asks for db_persist: cleanup-db leaves the directory empty
-    # (vda's entry, b254:0 or so, was there during the boot).
-    assert not re.search(r"\bb\d+:\d+\b", data.group(1)), data.group(1)
+    # Only db_persist entries (dm, md) survive cleanup-db: vda's (b254:0 or
+    # so) was there during the boot and is gone.
+    entries = re.findall(r"\bb\d+:\d+\b", data.group(1))
+    assert entries == ([kept] if kept else []), data.group(1)
     control = re.search(r"INITIUM-UDEV-CONTROL ([^\r\n]*)", output)
     assert control, output[-3000:]
     assert "control" not in control.group(1).split(), control.group(1)
@@ -134,3 +136,31 @@ def test_time_in_initramfs_with_and_without_udev(kver: str, udev_image: str, ude
             print(f"\nUDEV-FIGURES {name}: in initramfs {', '.join(f'{t:.2f}' for t in times)}"
                   f" s; image {sizes[name]} bytes")
     assert sizes["udev"] > sizes["plain"]
+
+
+def test_luks_root_with_udev_keeps_the_dm_entry_for_the_real_root(
+        kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """cryptsetup under udevd (dm cookies, 95-dm-notify's dmsetup), dm-0 db_persist kept."""
+
+    def make(directory: str) -> None:
+        disk, fs = os.path.join(directory, "luks.img"), os.path.join(directory, "fs.img")
+        with open(disk, "wb") as f:
+            f.truncate(40 << 20)
+        make_udev_disk(fs, sd.INNER_UUID)
+        sd._run_setup(kver, directory, sd.LUKS_SCRIPT, [disk, fs])
+        os.unlink(fs)
+
+    disk = os.path.join(sd._cached("udev-luks", kver, sd.LUKS_SCRIPT + REPORT, make),
+                        "luks.img")
+    tmp = tmp_path_factory.mktemp("udev-luks-image")
+    key = tmp / "root.key"
+    key.write_bytes(sd.KEY)
+    image = _build(str(tmp), kver, "--storage", "luks,udev", "--include", str(key),
+                   "/etc/keys/root.key")
+    output = boot_serial(kver, image, disk, f"root=/dev/disk/by-uuid/{sd.INNER_UUID} "
+                         f"rd.luks.uuid={sd.LUKS_UUID} rd.luks.key=/etc/keys/root.key")
+    dm = re.search(r"found UUID=\S+: (dm-\d+)", output)
+    assert dm, output[-4000:]
+    _handed_over(output, kept="b253:0")
+    links = re.search(r"INITIUM-UDEV-LINKS ([^\r\n]*)", output)
+    assert links and sd.INNER_UUID in links.group(1), output[-3000:]
