@@ -315,3 +315,18 @@ def test_a_retry_after_the_shell_keeps_the_running_udevd(images: dict[str, bytes
         Storage().run(m.ctx)  # the runner retries the stage once the shell exits
     assert world.calls.count("start") == 1
     assert [t.name for t in m.ctx.teardowns].count("systemd-udevd") == 1
+
+
+def test_udev_is_a_storage_kind_in_the_config_and_on_the_command_line_never_auto(
+        tmp_path: pytest.TempPathFactory) -> None:
+    from initium.packaging.config import parse_config
+    from initium.packaging.storage import resolve_storage
+
+    config = parse_config('storage = ["udev", "luks"]\n')
+    assert config.storage == ("udev", "luks")
+    assert "initium.stages.storage:Storage" in config.all_stages
+    assert resolve_storage(("udev", "luks")) == ("luks", "udev")
+    empty = str(tmp_path)  # a sysfs with nothing under the root: auto selects nothing
+    assert "udev" not in resolve_storage(("auto",), sysfs=empty)
+    with pytest.raises(ValueError, match="unknown storage kind 'udevd'"):
+        resolve_storage(("udevd",))
