@@ -263,6 +263,7 @@ class Udev(Handler):
         if self.daemon is None:
             return
         daemon, self.daemon = self.daemon, None
+        began = self.ctx.sys.monotonic()
         try:
             status = self.ctx.sys.spawn(ops.Spawn(
                 (self.udevadm, "control", "--exit", f"--timeout={STOP_TIMEOUT:g}"),
@@ -273,17 +274,22 @@ class Udev(Handler):
         if status != 0:
             self.ctx.warn(f"udevadm control --exit: status {status}; systemd-udevd is "
                           "killed if it does not exit")
+        told = self.ctx.sys.monotonic()
         ended: str = self.ctx.sys.apply(StopDaemon(daemon))
+        took = (f"(control --exit {told - began:.3f} s, then "
+                f"{self.ctx.sys.monotonic() - told:.3f} s)")
         if ended.startswith("still running"):
-            self.ctx.warn(f"systemd-udevd {ended}")
+            self.ctx.warn(f"systemd-udevd {ended} {took}")
         else:
-            self.ctx.debug(f"systemd-udevd {ended}")
+            self.ctx.debug(f"systemd-udevd {ended} {took}")
         # systemd-udevd-control.socket has RemoveOnStop=yes: libudev and
         # libdevmapper take the socket's presence for a running udevd.
         self.ctx.sys.apply(RemoveStale(CONTROL))
         if self._udevadm("info", "--cleanup-db") != 0:
             self.ctx.warn("udevadm info --cleanup-db failed; the real root's udevd starts "
                           "with the initramfs's database")
+        self.ctx.debug(f"udev stopped and its database handed over in "
+                       f"{self.ctx.sys.monotonic() - began:.3f} s")
 
     def record_of(self, device: BlockDevice) -> UdevRecord | None:
         return self.records.get(device.devno) if device.devno is not None else None
