@@ -19,6 +19,7 @@ from initium.stages.ima_ops import (
     EVM_INIT_X509,
     EVM_SETUP_COMPLETE,
 )
+from initium.storage.verity import POLICIES as VERITY_POLICIES
 from initium.xattrlist import NAMESPACES
 
 IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattrs.HASH_ALGOS
@@ -66,6 +67,7 @@ class BuildConfig:
     storage: tuple[str, ...] = ()  # handler kinds; "auto" is expanded by the builder
     include: tuple[tuple[str, str, int], ...] = ()  # (host source, image target, mode)
     fsck: bool = False
+    verity_corruption: str = "io-error"
 
     @property
     def required_modules(self) -> list[str]:
@@ -289,6 +291,12 @@ SETTINGS: tuple[Setting, ...] = (
             "ext2/3/4 root before mounting it read-write (fsck.mode=, fsck.repair=, "
             "rd.skipfsck on the kernel command line). Default: no fsck in the image.",
             "--fsck"),
+    Setting("verity_corruption", _choice(tuple(VERITY_POLICIES)), "What a dm-verity root does "
+            "with a block that fails its hash after the boot: io-error (the default, as the "
+            "kernel's and systemd's: the read fails, nothing corrupted reaches the reader, the "
+            "machine goes on), ignore-corruption (logged, read as it is), "
+            "restart-on-corruption, panic-on-corruption (veritytab's names). A policy word "
+            "in systemd.verity_root_options= or initium.verity= overrides it.", ""),
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),

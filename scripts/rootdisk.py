@@ -37,6 +37,11 @@ if [ -d /sys/fs/selinux ]; then
   echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
     "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
 fi
+# Files a test wants read (one path a line): each read reports ok or the reader's error.
+for f in $($B cat /etc/initium-read-check 2>/dev/null); do
+  if err=$($B cat "$f" 2>&1 >/dev/null); then echo "INITIUM-READ $f ok"
+  else echo "INITIUM-READ $f failed: $err"; fi
+done
 $B sync
 $B poweroff -f
 """
@@ -47,8 +52,8 @@ def _run(argv: list[str], **kwargs: object) -> None:
     subprocess.run(argv, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
 
 
-def populate(root: str) -> None:
-    """The tree of the root file system."""
+def populate(root: str, extra: dict[str, bytes] | None = None) -> None:
+    """The tree of the root file system, with ``extra`` files (path in the root: content)."""
     for d in ("bin", "sbin", "proc", "sys", "dev", "run", "etc", "tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(root, "bin/busybox"))
@@ -65,6 +70,11 @@ def populate(root: str) -> None:
         os.chmod(path, 0o755)
     with open(os.path.join(root, "etc/os-release"), "w") as f:
         f.write("NAME=initium-test-root\n")
+    for name, data in (extra or {}).items():
+        path = os.path.join(root, name.lstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
 
 
 def label_tree(tree: str, policy_dir: str) -> int:
@@ -92,9 +102,10 @@ def label_tree(tree: str, policy_dir: str) -> int:
 
 def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
                     label: str | None = None, size_mb: int = 16,
-                    selinux_policy: str | None = None) -> None:
+                    selinux_policy: str | None = None,
+                    extra: dict[str, bytes] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tree:
-        populate(tree)
+        populate(tree, extra)
         if selinux_policy:
             label_tree(tree, selinux_policy)
         if fstype in ("ext4", "ext3", "ext2"):

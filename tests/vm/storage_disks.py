@@ -236,3 +236,34 @@ def passphrase_disk(kver: str) -> str:
         os.unlink(fs)
 
     return os.path.join(_cached("luks-pass", kver, PASS_SCRIPT, make), "pass.img")
+
+
+VICTIM = "/srv/victim"
+
+
+def corrupted_verity_disks(directory: str) -> tuple[str, str, str]:
+    """As verity_disks, then one byte of /srv/victim's data flipped in the data image.
+
+    The hash tree was made from the good data, so the flipped block fails its
+    hash: the file system's metadata is intact and mounts, the file does not
+    read. The root's init reads the file (/etc/initium-read-check) and says how.
+    """
+    data, tree = os.path.join(directory, "verity-data.img"), os.path.join(directory,
+                                                                          "verity-hash.img")
+    victim = b"".join(b"INITIUM-VERITY-VICTIM %06d\n" % i for i in range(512))  # 14 KiB
+    rootdisk.make_filesystem(data, uuid=VERITY_ROOT_UUID, size_mb=16,
+                             extra={VICTIM: victim,
+                                    "/etc/initium-read-check": f"{VICTIM}\n".encode()})
+    _blank(tree, 1)
+    out = subprocess.run(["veritysetup", "format", "--data-block-size=1024",
+                          f"--uuid={VERITY_HASH_UUID}", data, tree],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Root hash:\s+([0-9a-f]+)", out)
+    assert m, out
+    with open(data, "r+b") as f:
+        image = f.read()
+        at = image.find(b"INITIUM-VERITY-VICTIM 000100\n")
+        assert at > 0 and image.count(b"INITIUM-VERITY-VICTIM 000100\n") == 1
+        f.seek(at)
+        f.write(b"J")  # "I" -> "J"
+    return data, tree, m.group(1)

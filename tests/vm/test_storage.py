@@ -201,6 +201,57 @@ def test_verity_root_with_a_wrong_hash_refuses_to_boot(
     assert os.path.getsize(tree) > 0
 
 
+def test_a_corrupted_verity_block_never_reaches_the_real_init_as_good_data(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One byte of a file flipped after veritysetup format; the right root hash.
+
+    The default policy (io-error): the root boots, the file's read fails with
+    EIO. restart-on-corruption on the command line: the machine restarts at
+    that read. panic-on-corruption from the image's config: the kernel panics.
+    """
+    tmp = tmp_path_factory.mktemp("verity-corrupt")
+    image = _build(str(tmp), kver, "--storage", "verity")
+    data, tree, roothash = sd.corrupted_verity_disks(str(tmp))
+    spec = f"initium.verity=/dev/vda,/dev/vdb,{roothash}"
+    restarted = r"reboot: Restarting system"
+    victim = re.escape(sd.VICTIM)
+
+    result = boot(image, None, spec, extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"dm-verity: /dev/vda mapped as /dev/mapper/root, every read checked "
+                      r"against the root hash; a corrupted block reads as an I/O error "
+                      r"\(io-error\)"), out
+    assert result.has(r"found /dev/mapper/root: dm-0"), out
+    _booted(result.output)
+    assert result.has(rf"^INITIUM-READ {victim} failed: .*Input/output error"), out
+    assert result.has(r"device-mapper: verity: 254:0: data block \d+ is corrupted"), out
+    assert not result.has(rf"INITIUM-READ {victim} ok")
+
+    result = boot(image, None, f"{spec},restart-on-corruption",
+                  until=restarted + "|" + POWER_DOWN, extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"a corrupted block restarts the machine \(restart-on-corruption\)"), out
+    _booted(result.output)
+    assert result.has(restarted), out
+    assert not result.has(r"INITIUM-READ"), out
+
+    config = tmp / "panic.toml"
+    config.write_text('storage = ["verity"]\nverity_corruption = "panic-on-corruption"\n')
+    panicking = _build(str(tmp_path_factory.mktemp("verity-panic")), kver, "--config",
+                       str(config))
+    result = boot(panicking, None, f"roothash={roothash} systemd.verity_root_data=/dev/vda "
+                  "systemd.verity_root_hash=/dev/vdb", extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"a corrupted block panics the kernel \(panic-on-corruption\)"), out
+    _booted(result.output)
+    assert result.has(r"Kernel panic - not syncing: dm-verity device corrupted"), out
+    assert not result.has(r"INITIUM-READ"), out
+
+
+def _disks(*paths: str) -> list[str]:
+    return [a for p in paths for a in ("-drive", f"file={p},format=raw,if=virtio")]
+
+
 EROFS_ROOT_UUID = "7f8091a2-b3c4-45d6-e7f8-091a2b3c4d5e"
 
 
