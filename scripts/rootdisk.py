@@ -35,7 +35,8 @@ echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/qu
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
 if [ -d /sys/fs/selinux ]; then
   echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
-    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
+    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
+    "prev=$($B cat /proc/1/attr/prev 2>&1 | $B tr -d '\0')"
 fi
 $B sync
 $B poweroff -f

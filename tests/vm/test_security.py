@@ -154,9 +154,12 @@ def test_selinux_enforcing_boots_a_labelled_root_into_init_t(
     assert result.has(r"labels now: /dev/null=system_u:object_r:null_device_t:s0, "
                       r"/dev/console=system_u:object_r:console_device_t:s0")
     _reached_root(result.output)
-    # PID 1 ran in kernel_t up to here; exec of /sbin/init (init_exec_t on the
-    # labelled root) is refpolicy's kernel_t -> init_t transition.
-    assert result.has(r"^INITIUM-SELINUX enforce=1 pid1=system_u:system_r:init_t:s0"), \
-        result.output[-3000:]
+    # PID 1 left kernel_t for initium_t right after the load (the policy has
+    # policy/initium.te), and exec of /sbin/init (init_exec_t on the labelled
+    # root) took it from there to init_t: /proc/1/attr/prev is the context
+    # before that exec.
+    assert result.has(r"labelled in [\d.]+ s; PID 1 in initium_t")
+    assert result.has(r"^INITIUM-SELINUX enforce=1 pid1=system_u:system_r:init_t:s0 "
+                      r"prev=system_u:system_r:initium_t:s0"), result.output[-3000:]
     assert _denials_before_root(result.output) == []
     assert not result.has("Kernel panic|Traceback")
