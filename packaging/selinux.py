@@ -196,6 +196,11 @@ class Labeller:
         exact: dict[str, list[tuple[str, str | None]]] = {}
         specs: list[tuple[str, str, str | None, Any]] = []
         refused = []
+        # An alias below the tops (Debian: /run/lock is /var/lock) is looked
+        # up under its original, so the original's entries come along.
+        subs = [(a, o) for a, o in self.subs
+                if any(a == t or a.startswith(t + "/") for t in tops)]
+        tops = tops + tuple(o for _, o in subs)
         for spec in self.specs:
             prefix = literal_prefix(spec.regex)
             if not any(prefix.startswith(t) or (t + "/").startswith(prefix) for t in tops):
@@ -207,7 +212,8 @@ class Labeller:
                 specs.append((prefix, spec.ftype, spec.context, compile_regex(spec.regex)))
             except RuleError as err:
                 refused.append(f"{spec.regex}: {err}")
-        return {"exact": {k: tuple(v) for k, v in exact.items()}, "specs": specs}, refused
+        return {"exact": {k: tuple(v) for k, v in exact.items()}, "specs": specs,
+                "subs": subs}, refused
 
 
 def defines_type(policy: bytes, name: str) -> bool:
