@@ -33,6 +33,9 @@ echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\
 echo "INITIUM-MOUNTS $($B grep -E ' /(run|dev|dev/pts|dev/shm) ' /proc/mounts | $B tr '\n' ';')"
 echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/queue_depth)"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
+if [ -x /bin/getlabel ]; then
+  echo "INITIUM-LABELS $(/bin/getlabel /dev/null /dev/console /dev/vda /sbin/init)"
+fi
 if [ -d /sys/fs/selinux ]; then
   echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
     "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
@@ -66,6 +69,33 @@ def populate(root: str) -> None:
         os.chmod(path, 0o755)
     with open(os.path.join(root, "etc/os-release"), "w") as f:
         f.write("NAME=initium-test-root\n")
+
+
+# Prints each path's security.selinux: busybox has no SELinux applets.
+GETLABEL_C = r"""
+#include <stdio.h>
+#include <sys/xattr.h>
+int main(int argc, char **argv) {
+    char value[512];
+    for (int i = 1; i < argc; i++) {
+        ssize_t n = lgetxattr(argv[i], "security.selinux", value, sizeof value - 1);
+        if (n < 0) { printf("%s=(none) ", argv[i]); continue; }
+        value[n] = 0;
+        printf("%s=%s ", argv[i], value);
+    }
+    printf("\n");
+    return 0;
+}
+"""
+
+
+def add_getlabel(root: str) -> None:
+    """A static /bin/getlabel, so the root's init can show what labels it was handed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "getlabel.c")
+        with open(source, "w") as f:
+            f.write(GETLABEL_C)
+        _run(["gcc", "-static", "-Os", "-s", "-o", os.path.join(root, "bin/getlabel"), source])
 
 
 SYSTEMD = "/lib/systemd/systemd"
@@ -151,6 +181,8 @@ def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
         populate(tree)
         if systemd:
             add_systemd(tree, selinux_policy)
+        if selinux_policy:
+            add_getlabel(tree)
         if selinux_policy:
             label_tree(tree, selinux_policy)
         if fstype in ("ext4", "ext3", "ext2"):

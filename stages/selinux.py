@@ -119,25 +119,38 @@ class WriteKernelFile(ops.Op):
 class Relabel(ops.Op):
     """Label every file under ``tops`` (mounts included) from the builder's boot rules.
 
-    The reply is (files labelled, failures as "path: reason", and the
-    labels read back from ``probes`` as "path=context", for the log).
+    The reply is (files labelled, failures as "path: reason", the labels
+    read back from ``probes`` as "path=context" for the log, and every
+    (device, inode) visited).  Entries in ``seen`` are passed over: the
+    second pass at switch-root labels only the nodes made since the first
+    (devtmpfs gives a node made after the load its directory's
+    ``device_t``, and there is no udev to fix it, as there is on a
+    running system).
     """
 
     tops: tuple[str, ...]
     rules: str
     probes: tuple[str, ...] = ("/dev/null", "/dev/console")
+    seen: frozenset[tuple[int, int]] = frozenset()
 
     def describe(self) -> str:
-        return f"relabel {', '.join(self.tops)} from {self.rules}"
+        what = "nodes made since the last relabel under" if self.seen else "relabel"
+        return f"{what} {', '.join(self.tops)} from {self.rules}"
 
-    def perform(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    def perform(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...],
+                                            frozenset[tuple[int, int]]]:
         with open(self.rules, "rb") as f:
             rules = Rules.from_data(marshal.loads(f.read(MAX_RULES_BYTES)))
         done, failed = 0, []
+        visited: set[tuple[int, int]] = set()
 
-        def label(path: str, mode: int) -> None:
+        def label(path: str, st: os.stat_result) -> None:
             nonlocal done
-            found, context = rules.lookup(path, mode)
+            key = (st.st_dev, st.st_ino)
+            visited.add(key)
+            if key in self.seen:
+                return
+            found, context = rules.lookup(path, st.st_mode)
             if not found or context is None:
                 return
             try:
@@ -153,30 +166,34 @@ class Relabel(ops.Op):
                 failed.append(f"{path}: {err.strerror}")
                 return
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                label(entry.path, st.st_mode)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the listing (a device removed)
+                label(entry.path, st)
                 if stat.S_ISDIR(st.st_mode):
                     walk(entry.path)
 
         for top in self.tops:
             try:
-                label(top, os.lstat(top).st_mode)
+                label(top, os.lstat(top))
             except OSError as err:
                 failed.append(f"{top}: {err.strerror}")
                 continue
             walk(top)
-        seen = []
+        read_back = []
         for probe in self.probes:
             try:
                 value = os.getxattr(probe, XATTR, follow_symlinks=False)
             except OSError as err:
-                seen.append(f"{probe}=({err.strerror})")
+                read_back.append(f"{probe}=({err.strerror})")
             else:
-                seen.append(f"{probe}={value.rstrip(bytes(1)).decode(errors='replace')}")
-        return done, tuple(failed), tuple(seen)
+                read_back.append(f"{probe}={value.rstrip(bytes(1)).decode(errors='replace')}")
+        return done, tuple(failed), tuple(read_back), frozenset(visited)
 
-    def simulate(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
-        return 0, (), ()
+    def simulate(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...],
+                                             frozenset[tuple[int, int]]]:
+        return 0, (), (), frozenset()
 
 
 class Selinux(Stage):
@@ -294,14 +311,30 @@ class Selinux(Stage):
         if not rules:
             return 0
         try:
-            done, problems, seen = ctx.sys.apply(Relabel(RELABEL_TOPS, rules))
+            done, problems, read_back, visited = ctx.sys.apply(Relabel(RELABEL_TOPS, rules))
         except (OSError, ValueError, EOFError, TypeError) as err:
             failed(f"cannot relabel {', '.join(RELABEL_TOPS)}: {err}", "rebuild the image")
             return 0
         if problems:
             failed(f"{len(problems)} files under {', '.join(RELABEL_TOPS)} could not be "
                    f"labelled ({'; '.join(problems[:3])})", "see dmesg")
-        if seen:
-            ctx.log(f"labels now: {', '.join(seen)}")
+        if read_back:
+            ctx.log(f"labels now: {', '.join(read_back)}")
+
+        def label_new_nodes(ctx: BootContext) -> None:
+            """The disks, mappings and other nodes the later stages made appear."""
+            try:
+                done, problems, _, _ = ctx.sys.apply(
+                    Relabel(("/dev",), rules, probes=(), seen=visited))
+            except (OSError, ValueError, EOFError, TypeError) as err:
+                failed(f"cannot label the nodes made under /dev since the policy load: {err}",
+                       "rebuild the image")
+                return
+            if problems:
+                failed(f"{len(problems)} nodes made under /dev since the policy load could "
+                       f"not be labelled ({'; '.join(problems[:3])})", "see dmesg")
+            ctx.log(f"{done} nodes made under /dev since the policy load labelled")
+
+        ctx.at_switch_root("label the nodes made since the policy load", label_new_nodes)
         return int(done)
 

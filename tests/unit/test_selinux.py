@@ -100,6 +100,30 @@ def test_a_refused_domain_fails_closed_when_enforcing() -> None:
     assert "cannot enter its domain" in "".join(out) and "PID 1 in kernel_t" in "".join(out)
 
 
+def test_nodes_made_after_the_load_are_labelled_at_switch_root() -> None:
+    visited = frozenset({(5, 1), (5, 2)})
+    sys = machine()
+    ctx = context(sys, "enforcing=1")
+    # The walks' replies, first pass then second, as the kernel would give them.
+    replies = iter([(7, (), ("/dev/null=x",), visited), (2, (), (), frozenset())])
+    original = sys.apply
+
+    def apply(op: ops.Op) -> object:
+        result = original(op)
+        return next(replies) if isinstance(op, Relabel) else result
+
+    sys.apply = apply  # type: ignore[method-assign]
+    out: list[str] = []
+    ctx.console = Console(out.append)
+    Selinux().run(ctx)
+    assert [t.name for t in ctx.teardowns] == ["label the nodes made since the policy load"]
+    ctx.run_teardowns()
+    relabels = [op for op in sys.applied if isinstance(op, Relabel)]
+    assert relabels[0].seen == frozenset() and relabels[0].tops == ("/dev", "/run")
+    assert relabels[1] == Relabel(("/dev",), DATA["rules"], probes=(), seen=visited)
+    assert "2 nodes made under /dev since the policy load labelled" in "".join(out)
+
+
 def test_mode_from_the_image_when_the_command_line_says_nothing() -> None:
     sys = machine()
     Selinux().run(context(sys, data={**DATA, "mode": "permissive"}))

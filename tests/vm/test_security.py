@@ -162,6 +162,13 @@ def test_selinux_enforcing_boots_a_labelled_root_into_init_t(
     assert result.has(r"^INITIUM-SELINUX enforce=1 pid1=system_u:system_r:init_t:s0 "
                       r"prev=system_u:system_r:initium_t:s0"), result.output[-3000:]
     assert _denials_before_root(result.output) == []
+    # What the root's init finds: /dev/vda appeared after the load (virtio_blk
+    # is loaded by the modules stage) and was labelled at switch-root.
+    assert result.has(r"nodes made under /dev since the policy load labelled")
+    assert result.has(r"^INITIUM-LABELS /dev/null=system_u:object_r:null_device_t:s0 "
+                      r"/dev/console=system_u:object_r:console_device_t:s0 "
+                      r"/dev/vda=system_u:object_r:fixed_disk_device_t:s0 "
+                      r"/sbin/init=system_u:object_r:init_exec_t:s0"), result.output[-3000:]
     assert not result.has("Kernel panic|Traceback")
 
 
