@@ -323,6 +323,7 @@ class Selinux(Stage):
 
         def label_new_nodes(ctx: BootContext) -> None:
             """The disks, mappings and other nodes the later stages made appear."""
+            start = ctx.sys.monotonic()
             try:
                 done, problems, _, _ = ctx.sys.apply(
                     Relabel(("/dev",), rules, probes=(), seen=visited))
@@ -333,7 +334,8 @@ class Selinux(Stage):
             if problems:
                 failed(f"{len(problems)} nodes made under /dev since the policy load could "
                        f"not be labelled ({'; '.join(problems[:3])})", "see dmesg")
-            ctx.log(f"{done} nodes made under /dev since the policy load labelled")
+            ctx.log(f"{done} nodes made under /dev since the policy load labelled in "
+                    f"{ctx.sys.monotonic() - start:.3f} s")
 
         ctx.at_switch_root("label the nodes made since the policy load", label_new_nodes)
         return int(done)
