@@ -33,10 +33,10 @@ from initium.options import Option
 from initium.stage import JSON, BootContext, Image, Stage, StageError
 from initium.stages.ima_ops import (
     EVM_FILE,
+    EVM_INIT_X509,
     IMA_POLICY_FILE,
     SECURITYFS_IMA,
     AddKey,
-    EVM_INIT_X509,
     EnableEvm,
     LoadImaPolicy,
     NewKeyring,

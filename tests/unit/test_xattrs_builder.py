@@ -63,7 +63,7 @@ def test_evm_portable_data_layout() -> None:
     assert EVM_XATTRS.index(SELINUX) < EVM_XATTRS.index("security.apparmor") < \
         EVM_XATTRS.index(IMA) < EVM_XATTRS.index("security.capability")
     assert EVM not in EVM_XATTRS
-    with pytest.raises(ValueError, match="needs security.ima"):
+    with pytest.raises(ValueError, match=r"needs security\.ima"):
         evm_portable_data({SELINUX: label}, 0o100644)
 
 
@@ -261,7 +261,7 @@ def test_evm_sign_key_must_be_a_key(tmp_path: Path) -> None:
     junk = tmp_path / "junk.pem"
     junk.write_text("not a key\n")
     b = FakeBuilder(BuildConfig(evm_sign_key=str(junk)))
-    with pytest.raises(XattrSourceError, match="--evm-sign-key .*junk.pem: not a usable PEM"):
+    with pytest.raises(XattrSourceError, match=r"--evm-sign-key .*junk\.pem: not a usable PEM"):
         attach_xattrs(b)  # type: ignore[arg-type]
 
 
