@@ -19,11 +19,11 @@ Kernel facts they rely on (Linux 6.1, security/integrity/):
   only that form is accepted (other writes get EACCES).  Without
   CONFIG_IMA_WRITE_POLICY the file disappears after the first policy that
   was applied: one custom policy per boot.
-* evm/evm.h, evm_secfs.c: /sys/kernel/security/evm takes a bit mask (the
-  EVM_* values below) read with kstrtoint(), so as a *signed* 32-bit number:
-  "0x80000002" is out of range (ERANGE) and EVM_SETUP_COMPLETE must be
-  written as a negative number ("-2147483646"); bits once set stay set, and
-  after EVM_SETUP_COMPLETE every write is refused with EPERM.
+* evm/evm.h, evm_secfs.c: /sys/kernel/security/evm takes an unsigned bit
+  mask (the EVM_* values below, read with kstrtouint(): "0x80000002" is
+  taken, a negative number is refused with EINVAL, as a boot showed); bits
+  once set stay set, and after EVM_SETUP_COMPLETE every write is refused
+  with EPERM.
 """
 
 from __future__ import annotations
@@ -57,12 +57,6 @@ def evm_bits(mode: int) -> str:
     """The mask in words, for the log: 0x80000002 = EVM_INIT_X509|EVM_SETUP_COMPLETE."""
     names = [name for bit, name in EVM_BIT_NAMES if mode & bit]
     return f"{mode:#x} = {'|'.join(names) or 'nothing'}"
-
-
-def evm_write_value(mode: int) -> str:
-    """``mode`` as EVM's file parses it: a decimal C int (0x80000002 -> "-2147483646")."""
-    mode &= 0xFFFFFFFF
-    return str(mode - (1 << 32) if mode & 0x80000000 else mode)
 
 
 @record
@@ -207,12 +201,12 @@ class EnableEvm(ops.Op):
     target: str = EVM_FILE
 
     def describe(self) -> str:
-        return f"echo {evm_write_value(self.mode)} > {self.target} ({evm_bits(self.mode)})"
+        return f"echo {self.mode:#x} > {self.target} ({evm_bits(self.mode)})"
 
     def perform(self, sys: System) -> None:
         fd = os.open(self.target, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, evm_write_value(self.mode).encode())
+            os.write(fd, f"{self.mode:#x}".encode())
         finally:
             os.close(fd)
 

@@ -25,7 +25,6 @@ from initium.stages.ima_ops import (
     LoadImaPolicy,
     NewKeyring,
     evm_bits,
-    evm_write_value,
     find_keyring,
     parse_proc_keys,
 )
@@ -248,13 +247,13 @@ def test_policy_write_errors_name_the_line(tmp_path: Path) -> None:
     assert caught.value.errno == errno.ENOSPC
 
 
-def test_evm_mode_written_as_a_signed_int(tmp_path: Path) -> None:
-    # evm_secfs.c reads the mask with kstrtoint(): 0x80000002 would be ERANGE.
+def test_evm_mode_written_in_hex(tmp_path: Path) -> None:
+    # evm_secfs.c (6.1) reads the mask with kstrtouint(): hex is taken, and the
+    # signed form (-2147483646) was refused with EINVAL in a VM boot.
     target = tmp_path / "evm"
     target.write_bytes(b"")
     EnableEvm(0x80000002, target=str(target)).perform(MemorySystem())
-    assert target.read_bytes() == b"-2147483646"
-    assert evm_write_value(2) == "2" and evm_write_value(0x80000006) == "-2147483642"
-    assert "echo -2147483646 > /sys/kernel/security/evm" in EnableEvm(0x80000002).describe()
+    assert target.read_bytes() == b"0x80000002"
+    assert "echo 0x80000002 > /sys/kernel/security/evm" in EnableEvm(0x80000002).describe()
     assert evm_bits(6) == "0x6 = EVM_INIT_X509|EVM_ALLOW_METADATA_WRITES"
     assert "EVM_SETUP_COMPLETE" in EnableEvm(0x80000000).describe()
