@@ -164,3 +164,33 @@ def test_portable_evm_signatures_are_checked_at_boot(
     m = re.search(r"^\s+ima\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+ok", out, re.MULTILINE)
     assert m, tail
     print(f"ima stage with EVM: {float(m.group(3)):.3f} s (timeline)")
+
+
+def test_a_refused_evm_key_leaves_evm_off(boot: BootFn, kver: str, ext4_disk: str,
+                                          tmp_path: Path) -> None:
+    """A DER the kernel cannot parse as --evm-cert: add_key answers EBADMSG for _evm, and
+    without a key EVM stays off (it would refuse every appraised file); IMA is not
+    required here, so both are warnings and the boot goes on."""
+    bogus = tmp_path / "bogus.der"
+    bogus.write_bytes(b"\x30\x05\x30\x03\x02\x01\x01")
+    policy = tmp_path / "policy"
+    policy.write_text(APPRAISE)
+    (tmp_path / "evm.toml").write_text('selinux_policy = "none"\nevm_mode = 0x80000002\n')
+    key = tmp_path / "evm.pem"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt",
+                    "rsa_keygen_bits:2048", "-out", str(key)], check=True, capture_output=True)
+    image = str(tmp_path / "bogus.img")
+    assert main(["build", "--output", image, "--kver", kver, "--module", "virtio_blk",
+                 "--evm-sign-key", str(key), "--evm-cert", str(bogus), "--ima-policy",
+                 str(policy), "--config", str(tmp_path / "evm.toml")]) == 0
+    result = boot(image, ext4_disk, f"root=UUID={ROOT_UUID} ima_appraise=enforce")
+    out = result.output
+    assert result.has(r"ima: the kernel refused key /etc/initium/evm/keys/00-bogus\.der for "
+                      r"_evm: it cannot use it as an X\.509 certificate \(Bad message\), "
+                      r"ignoring"), out[-4000:]
+    assert result.has(r"ima: EVM not enabled \(0x80000002 = EVM_INIT_X509\|EVM_SETUP_COMPLETE"
+                      r"\): no key is in the \.evm/_evm keyring .*, ignoring"), out[-4000:]
+    assert result.has(r"ima: 0 of 1 keys into _evm; IMA policy /etc/initium/ima/policy "
+                      r"loaded \(1 rules\) in")
+    _reached_root(out)
+    assert not result.has("Kernel panic|Traceback|op=appraise_data")
