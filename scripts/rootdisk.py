@@ -35,7 +35,8 @@ echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/qu
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
 if [ -d /sys/fs/selinux ]; then
   echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
-    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
+    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
+    "prev=$($B cat /proc/1/attr/prev 2>&1 | $B tr -d '\0')"
 fi
 $B sync
 $B poweroff -f
@@ -67,6 +68,59 @@ def populate(root: str) -> None:
         f.write("NAME=initium-test-root\n")
 
 
+SYSTEMD = "/lib/systemd/systemd"
+# systemd as the root's init, reporting after its own SELinux set-up: what
+# it sees of PID 1's context and the mode, then the VM powers off.
+SYSTEMD_REPORT = r"""#!/bin/busybox sh
+B=/bin/busybox
+exec >/dev/console 2>&1
+echo "INITIUM-SYSTEMD pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
+  "prev=$($B cat /proc/1/attr/prev 2>&1 | $B tr -d '\0')" \
+  "enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
+  "comm=$($B cat /proc/1/comm)"
+$B sync
+$B poweroff -f
+"""
+SYSTEMD_UNIT = """[Unit]
+Description=initium test: report what systemd found
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/bin/initium-report
+"""
+
+
+def add_systemd(root: str, selinux_policy: str | None) -> None:
+    """systemd 252 of the build host as /sbin/init, with its libraries and one unit.
+
+    Boot it with ``systemd.unit=initium-report.service``. With a policy, the
+    store is copied to /etc/selinux/default and configured permissive, so
+    systemd's own set-up finds what it looks for on a Debian root.
+    """
+    from initium.packaging.elf import closure
+
+    for target, host in closure([SYSTEMD]).items():
+        dest = os.path.join(root, target.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(host, dest)
+    os.unlink(os.path.join(root, "sbin/init"))
+    os.symlink(SYSTEMD, os.path.join(root, "sbin/init"))
+    for name, text, mode in (("bin/initium-report", SYSTEMD_REPORT, 0o755),
+                             ("etc/systemd/system/initium-report.service", SYSTEMD_UNIT, 0o644)):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    # Empty: systemd sets up a transient machine ID on a read-only /etc.
+    open(os.path.join(root, "etc/machine-id"), "w").close()
+    if selinux_policy:
+        shutil.copytree(selinux_policy, os.path.join(root, "etc/selinux/default"), symlinks=True)
+        with open(os.path.join(root, "etc/selinux/config"), "w") as f:
+            f.write("SELINUX=permissive\nSELINUXTYPE=default\n")
+
+
 def label_tree(tree: str, policy_dir: str) -> int:
     """Set security.selinux on every file of ``tree`` from the policy's file_contexts.
 
@@ -92,9 +146,11 @@ def label_tree(tree: str, policy_dir: str) -> int:
 
 def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
                     label: str | None = None, size_mb: int = 16,
-                    selinux_policy: str | None = None) -> None:
+                    selinux_policy: str | None = None, systemd: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tree:
         populate(tree)
+        if systemd:
+            add_systemd(tree, selinux_policy)
         if selinux_policy:
             label_tree(tree, selinux_policy)
         if fstype in ("ext4", "ext3", "ext2"):
@@ -124,11 +180,12 @@ def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
 def make_disk(path: str, *, table: str | None = None, fstype: str = "ext4",
               uuid: str | None = None, label: str | None = None,
               partuuid: str | None = None, partlabel: str | None = None,
-              size_mb: int = 16, selinux_policy: str | None = None) -> None:
+              size_mb: int = 16, selinux_policy: str | None = None,
+              systemd: bool = False) -> None:
     """A root disk: the bare file system, or it inside partition 1 of a ``gpt``/``dos`` table."""
     if table is None:
         make_filesystem(path, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb,
-                        selinux_policy=selinux_policy)
+                        selinux_policy=selinux_policy, systemd=systemd)
         return
     start = 2048  # sectors
     with tempfile.TemporaryDirectory() as tmp:

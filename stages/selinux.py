@@ -13,10 +13,12 @@ that the kernel made before the policy existed (they read ``device_t`` or
 failure stops the boot with no shell offered; otherwise it is logged with
 ", ignoring" and the boot goes on, as systemd's selinux-setup does.
 
-PID 1 itself stays in the kernel's domain (``kernel_t``): refpolicy lets
-the kernel domain transition to ``init_t`` by executing a file labelled
-``init_exec_t``, which is what happens when switch-root executes the real
-root's /sbin/init; see docs/selinux.md.
+Right after the load PID 1 leaves the kernel's domain (``kernel_t``, shared
+with every kernel thread) for its own, ``initium_t`` from policy/initium.te,
+when the image's policy has it: the helpers it starts and the files it
+creates are then told apart from the kernel's.  From there, executing the
+real root's /sbin/init (``init_exec_t``) enters ``init_t``; see
+docs/selinux.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 SELINUXFS = "/sys/fs/selinux"
 XATTR = "security.selinux"
 RELABEL_TOPS = ("/dev", "/run")
+CURRENT = "/proc/self/attr/current"  # writing it is a dynamic transition of this process
 MAX_RULES_BYTES = 16 << 20
 
 
@@ -238,12 +241,29 @@ class Selinux(Stage):
                 sys.apply(WriteKernelFile(f"{SELINUXFS}/enforce", b"1" if wanted else b"0"))
             except OSError as err:
                 failed(f"cannot set the SELinux mode: {err.strerror}", "see dmesg")
+        domain = self._enter_domain(ctx, data, failed)
         files = self._label_initramfs(ctx, data, failed)
         nodes = self._relabel(ctx, data, failed)
         mode = {True: "enforcing", False: "permissive", None: "the kernel's mode"}[wanted]
         ctx.log(f"SELinux policy {policy} loaded in {loaded - start:.3f} s ({mode}); "
                 f"{files} initramfs files and {nodes} files under {', '.join(RELABEL_TOPS)} "
-                f"labelled in {sys.monotonic() - loaded:.3f} s")
+                f"labelled in {sys.monotonic() - loaded:.3f} s; PID 1 in {domain}")
+
+    def _enter_domain(self, ctx: BootContext, data: JSON, failed: Failed) -> str:
+        """Move PID 1 into initium_t; the domain it ends up in, for the log."""
+        domain = data.get("domain")
+        if not domain:
+            ctx.debug("the image's policy has no initium_t (policy/initium.te is not linked "
+                      "in): PID 1 stays in kernel_t")
+            return "kernel_t"
+        try:
+            ctx.sys.apply(WriteKernelFile(CURRENT, str(domain).encode()))
+        except OSError as err:
+            failed(f"PID 1 cannot enter its domain {domain}: {err.strerror}",
+                   "the policy must let kernel_t dyntransition to initium_t "
+                   "(policy/initium.te); see dmesg for the denial")
+            return "kernel_t"
+        return str(domain).split(":")[2]
 
     def _label_initramfs(self, ctx: BootContext, data: JSON, failed: Failed) -> int:
         path = data.get("labels")
