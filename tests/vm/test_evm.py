@@ -10,8 +10,7 @@ The image has no SELinux policy and the kernel runs its default LSM
 (AppArmor, which stores no xattr): so nothing at boot gives the files a
 ``security.selinux``, and the signatures cover ``security.ima``, owner and
 mode.  With an SELinux policy in the image the builder also signs the
-label the selinux stage sets; that case is compared with evmctl on the host
-(tests/host/test_evm_sign.py), not booted here.
+label the selinux stage sets: a second boot, with ``security=selinux``.
 
 A stage placed between ``xattrs`` and ``ima`` (EVM still off, so the kernel
 lets any attribute be written) makes copies of the listed busybox; a stage
@@ -192,5 +191,65 @@ def test_a_refused_evm_key_leaves_evm_off(boot: BootFn, kver: str, ext4_disk: st
                       r"\): no key is in the \.evm/_evm keyring .*, ignoring"), out[-4000:]
     assert result.has(r"ima: 0 of 1 keys into _evm; IMA policy /etc/initium/ima/policy "
                       r"loaded \(1 rules\) in")
+    _reached_root(out)
+    assert not result.has("Kernel panic|Traceback|op=appraise_data")
+
+
+SELINUX_POLICY = "/etc/selinux/default"
+
+LABEL_PROBE = '''
+import os
+
+from initium import ops
+from initium.process import ProcessError
+from initium.stage import BootContext, Stage
+
+
+class Probe(Stage):
+    name = "evm-probe"
+    after = ("ima",)
+    before = ("modules",)
+
+    def run(self, ctx: BootContext) -> None:
+        path = "/usr/bin/busybox"
+        label = os.getxattr(path, "security.selinux").rstrip(b"\\0").decode()
+        try:
+            status = ctx.sys.apply(ops.Spawn((path, "true")))
+            ctx.log(f"EVM-PROBE {path} ({label}): ran (status {status})")
+        except ProcessError as err:
+            ctx.log(f"EVM-PROBE {path} ({label}): denied ({err})")
+'''
+
+
+def test_with_selinux_the_boot_label_is_signed(boot: BootFn, kver: str, ext4_disk: str,
+                                               tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image with Debian's SELinux policy, booted with security=selinux: the selinux
+    stage labels busybox before EVM is on, and the builder signed that label."""
+    if not Path(SELINUX_POLICY, "policy").is_dir():
+        pytest.skip("apt-get install selinux-policy-default")
+    key, cert = tmp_path / "evm.pem", tmp_path / "evm.der"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-subj", "/CN=initium evm test", "-days", "2", "-outform", "DER",
+                    "-out", str(cert)], check=True, capture_output=True)
+    (tmp_path / "evm_label_probe_initium.py").write_text(LABEL_PROBE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    policy = tmp_path / "policy"
+    policy.write_text(APPRAISE)
+    (tmp_path / "evm.toml").write_text('stages = ["evm_label_probe_initium:Probe"]\n'
+                                       "evm_mode = 0x80000002\nima_required = true\n")
+    image = str(tmp_path / "selinux-evm.img")
+    assert main(["build", "--output", image, "--kver", kver, "--module", "virtio_blk",
+                 "--shell", "--selinux-policy", SELINUX_POLICY, "--evm-sign-key", str(key),
+                 "--evm-cert", str(cert), "--ima-policy", str(policy),
+                 "--config", str(tmp_path / "evm.toml")]) == 0
+    result = boot(image, ext4_disk, f"root=UUID={ROOT_UUID} security=selinux selinux=1 "
+                                    "enforcing=0 ima_appraise=enforce")
+    out = result.output
+    tail = "\n".join(line for line in out.splitlines()
+                     if re.search(r"EVM|evm|ima|audit|SELinux|selinux|failed", line))[-6000:]
+    assert result.has(r"EVM enabled \(0x80000002"), tail
+    assert result.has(r"EVM-PROBE /usr/bin/busybox \(system_u:object_r:\w+:s0\): ran "
+                      r"\(status 0\)"), tail
     _reached_root(out)
     assert not result.has("Kernel panic|Traceback|op=appraise_data")
