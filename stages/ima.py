@@ -45,6 +45,8 @@ from initium.stages.ima_ops import (
     parse_proc_keys,
 )
 
+SELINUX_ENFORCE = "/sys/fs/selinux/enforce"  # there once the selinux stage mounted selinuxfs
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -101,7 +103,8 @@ class Ima(Stage):
         from initium.packaging.ima import plan_data
 
         return plan_data(BuildConfig(**{k: image.option(k) for k in (
-            "ima_policy", "ima_certs", "evm_certs", "evm_mode", "ima_required")}))
+            "ima_policy", "ima_certs", "evm_certs", "evm_mode", "ima_required",
+            "evm_sign_key", "selinux_policy")}))
 
     def run(self, ctx: BootContext) -> None:
         data = ctx.data()
@@ -131,7 +134,8 @@ class Ima(Stage):
         ima_said, _ = self._keys(ctx, ima_keys, ".ima", "_ima", failed)
         evm_said, evm_added = self._keys(ctx, evm_keys, ".evm", "_evm", failed)
         done = [ima_said, evm_said, self._policy(ctx, policy, required, failed),
-                self._evm(ctx, evm_mode, evm_added, failed)]
+                self._evm(ctx, evm_mode, evm_added, bool(data.get("evm_covers_labels")),
+                          failed)]
         said = "; ".join(d for d in done if d)
         ctx.log(f"{said or 'nothing loaded'} in {sys.monotonic() - start:.3f} s")
 
@@ -201,8 +205,16 @@ class Ima(Stage):
             return ""
         return f"IMA policy {policy} loaded by path (the kernel requires a signed policy)"
 
-    def _evm(self, ctx: BootContext, mode: int | None, keys: int, failed: Failed) -> str:
+    def _evm(self, ctx: BootContext, mode: int | None, keys: int, labels: bool,
+             failed: Failed) -> str:
         if not mode:
+            return ""
+        if labels and not ctx.sys.exists(SELINUX_ENFORCE):
+            failed(f"EVM not enabled ({evm_bits(mode)}): the image's security.evm signatures "
+                   "cover SELinux labels, and SELinux is not active on this boot, so EVM "
+                   "would refuse every file IMA appraises",
+                   "boot with security=selinux selinux=1, or build the image with "
+                   "--selinux-policy none")
             return ""
         if not ctx.sys.exists(EVM_FILE):
             failed(f"the kernel has no EVM ({EVM_FILE} is missing)",

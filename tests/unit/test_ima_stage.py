@@ -143,6 +143,22 @@ def test_evm_off_without_its_key_unless_required() -> None:
            "the .evm/_evm keyring" in "".join(out)
 
 
+def test_evm_over_selinux_labels_needs_selinux_active() -> None:
+    """Signatures that cover labels verify nowhere without SELinux: EVM stays off."""
+    data = {**DATA, "evm_keys": [EVM_KEY], "evm_mode": 0x80000002, "evm_covers_labels": True}
+    sys = machine(KEYS_TRUSTED)
+    out: list[str] = []
+    Ima().run(context(sys, data=data, out=out))
+    assert not any(isinstance(op, EnableEvm) for op in sys.applied)
+    assert "cover SELinux labels, and SELinux is not active" in "".join(out)
+    with pytest.raises(StageError, match="SELinux is not active"):
+        Ima().run(context(machine(KEYS_TRUSTED), data={**data, "required": True}))
+    sys = machine(KEYS_TRUSTED)
+    sys.files["/sys/fs/selinux/enforce"] = b"0"
+    Ima().run(context(sys, data=data))
+    assert sys.applied[-1] == EnableEvm(0x80000002)
+
+
 def test_nothing_to_do_without_ima_data() -> None:
     sys = machine()
     Ima().run(context(sys, data={"policy": None, "ima_keys": [], "evm_keys": [],
