@@ -145,7 +145,8 @@ def test_evm_off_without_its_key_unless_required() -> None:
 
 def test_evm_over_selinux_labels_needs_selinux_active() -> None:
     """Signatures that cover labels verify nowhere without SELinux: EVM stays off."""
-    data = {**DATA, "evm_keys": [EVM_KEY], "evm_mode": 0x80000002, "evm_covers_labels": True}
+    data: dict[str, object] = {**DATA, "evm_keys": [EVM_KEY], "evm_mode": 0x80000002,
+                               "evm_covers_labels": True}
     sys = machine(KEYS_TRUSTED)
     out: list[str] = []
     Ima().run(context(sys, data=data, out=out))
