@@ -54,6 +54,7 @@ class BuildConfig:
     xattr_namespaces: tuple[str, ...] = ("security.",)
     ima_digest: bool = False
     ima_sign_key: str | None = None
+    evm_sign_key: str | None = None
     ima_hash: str = "sha256"
     ima_policy: str | None = None
     ima_certs: tuple[str, ...] = ()
@@ -260,8 +261,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ima_sign_key", _path, "PEM private key (no passphrase): give every regular file a "
             "security.ima signature v2 made with it (the format evmctl ima_sign writes).",
             "--ima-sign-key"),
+    Setting("evm_sign_key", _path, "PEM private key (no passphrase): give every regular file a "
+            "security.evm portable signature made with it (the format evmctl sign --portable "
+            "writes), over its security.ima, its SELinux label when the image has a policy, "
+            "owner root:root and mode. Implies ima_digest when ima_sign_key is not set. The "
+            "kernel checks it once EVM is enabled (evm_mode with 0x2 and the key's "
+            "certificate in evm_certs). See ima.md.", "--evm-sign-key"),
     Setting("ima_hash", _choice(IMA_HASHES), "Hash algorithm of the IMA digests and "
-            "signatures.", ""),
+            "signatures, and of the EVM signatures.", ""),
     Setting("ima_policy", _path, "IMA policy file (the kernel's rule syntax, one rule a "
             "line) that the ima stage writes to /sys/kernel/security/ima/policy; it travels "
             "as /etc/initium/ima/policy. See ima.md.", "--ima-policy"),
