@@ -44,10 +44,14 @@ def stack(loop: Assembly, device: BlockDevice) -> tuple[list[str], StageError | 
 
     def walk(name: str, depth: int) -> StageError | None:
         chain.append(name)
-        if not name.startswith(STACKED):
-            return None
         if depth > MAX_DEPTH:
             return StageError(f"{name}: devices stacked more than {MAX_DEPTH} deep")
+        entry = loop.entries.get(name)
+        parent = entry.device.disk if entry is not None else None
+        if parent and parent != name:  # a partition: what matters is its disk (md126 of md126p2)
+            return walk(parent, depth + 1)
+        if not name.startswith(STACKED):
+            return None
         try:
             members = sorted(loop.ctx.sys.listdir(f"/sys/block/{name}/slaves"))
         except OSError:

@@ -139,3 +139,37 @@ def test_a_plain_root_is_its_own_stack(images: dict[str, bytes]) -> None:  # noq
     Root().run(m.ctx)
     assert "the root /dev/vda would be assembled: vda" in m.text
     assert m.ctx.state.root_device == "/dev/vda"
+
+
+def test_a_partition_of_an_md_array_is_traced_through_its_array(
+        images: dict[str, bytes]) -> None:  # noqa: F811
+    """md127p1 holds the root; md127's members are the RAID members vda and vdb."""
+    from tests.unit.test_stages import gpt_disk
+
+    puuid = "11111111-2222-4333-8444-555555555555"
+    array, (start,) = gpt_disk([(puuid, images["root"])])
+    from tests.unit.disk_images import md1_superblock
+
+    member = bytearray(1 << 20)
+    block = md1_superblock(4096, "d1e2f3a4-b5c6-4d7e-8f90-a1b2c3d4e5f6", b"h:root")
+    member[4096:4096 + len(block)] = block  # md 1.2: 4 KiB in
+    for tools, ok in (({"md": "/usr/sbin/mdadm"}, True), ({}, False)):
+        m, _ = storage_machine(f"root=PARTUUID={puuid}", {"vda": bytes(member),
+                                                          "vdb": bytes(member)}, tools)
+        files = m.sys.files  # type: ignore[attr-defined]
+        files.update(disk("md127", array, 300))
+        files.update({"/sys/block/md127/slaves/vda": b"", "/sys/block/md127/slaves/vdb": b"",
+                      "/sys/block/md127/md127p1/partition": b"1\n",
+                      "/sys/block/md127/md127p1/size":
+                      f"{len(images['root']) // 512}\n".encode(),
+                      "/sys/block/md127/md127p1/dev": b"259:1\n",
+                      "/dev/md127p1": array[start : start + len(images["root"])]})
+        m.sys.dry_run = True  # type: ignore[attr-defined]
+        if ok:
+            run_both(m)
+            assert ("the root /dev/md127p1 would be assembled: md127p1 on md127 on vda on "
+                    "vdb") in m.text  # type: ignore[attr-defined]
+        else:
+            with pytest.raises(StageError, match=r"the root /dev/md127p1 sits on md127, made "
+                               r"from vda \(linux_raid_member.*no handler in this image"):
+                run_both(m)
