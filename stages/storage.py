@@ -57,6 +57,11 @@ def _text(value: str) -> str:
     return value
 
 
+def _raw(value: str) -> str:
+    """Kept as given, even empty: the stage checks it and fails closed (a security option)."""
+    return value
+
+
 def _opt(key: str, dest: str, help: str, equivalent: str, parse: object, *,
          flag: object = None, accumulate: bool = False, metavar: str = "",
          default: object = None) -> Option:
@@ -106,7 +111,7 @@ MD_TIMEOUT = _opt("rd.md.timeout", "md_timeout", "Seconds after the first member
                   metavar="N", default=10.0)
 ROOTHASH = _opt("roothash", "roothash", "dm-verity root hash (hex) of the root: the root "
                 "becomes /dev/mapper/root, checked against it; a mismatch stops the boot.",
-                "systemd: roothash=", _text, metavar="HEX")
+                "systemd: roothash=", _raw, flag="", metavar="HEX")
 VERITY_DATA = _opt("systemd.verity_root_data", "verity_data", "The data device of the "
                    "verity root (a path, UUID=, LABEL=, PARTUUID=, PARTLABEL=).",
                    "systemd: systemd.verity_root_data=", _text, metavar="DEVICE")
@@ -122,11 +127,6 @@ VERITY_OPTIONS = _opt("systemd.verity_root_options", "verity_options", "verityta
                       _words, metavar="OPTS", default=())
 
 
-
-
-def _raw(value: str) -> str:
-    """Kept as given, even empty: the stage checks it and fails closed (a security option)."""
-    return value
 
 
 INITIUM_VERITY = _opt("initium.verity", "verity", "The verity root in one option: data "

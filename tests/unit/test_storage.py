@@ -362,6 +362,10 @@ def test_systemd_verity_options_override_the_image_policy_too(
 
 
 @pytest.mark.parametrize(("cmdline", "cause"), [
+    # an empty value is not a typo to warn about and skip: it would boot the root unchecked
+    ("roothash", "roothash=: not a hex digest"),
+    ("roothash= systemd.verity_root_data=/dev/vda systemd.verity_root_hash=/dev/vdb",
+     "roothash=: not a hex digest"),
     ("initium.verity", "expected DATA,HASH,ROOTHASH"),
     ("initium.verity=/dev/vda,/dev/vdb", "expected DATA,HASH,ROOTHASH"),
     ("initium.verity=/dev/vda,/dev/vdb,xyz", "the root hash is not a hex digest"),
