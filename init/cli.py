@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima digest")
     build.add_argument("--ima-sign-key", metavar="PEM",
                        help="give every file a security.ima signature made with this key")
+    build.add_argument("--evm-sign-key", metavar="PEM",
+                       help="give every file a portable security.evm signature made with "
+                            "this key")
     build.add_argument("--ima-policy", metavar="FILE",
                        help="IMA policy to load at boot (see ima.md)")
     build.add_argument("--ima-cert", action="append", default=[], metavar="DER",
@@ -157,8 +160,9 @@ def _build(args: argparse.Namespace) -> int:
     for flag in ("keep_xattrs", "ima_digest", "kernel_xattr_list"):
         if getattr(args, flag):
             overrides[flag] = True
-    if args.ima_sign_key:
-        overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
+    for flag in ("ima_sign_key", "evm_sign_key"):
+        if getattr(args, flag):
+            overrides[flag] = os.path.abspath(getattr(args, flag))
     if args.ima_policy:
         overrides["ima_policy"] = os.path.abspath(args.ima_policy)
     for flag in ("ima_cert", "evm_cert"):

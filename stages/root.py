@@ -167,6 +167,10 @@ class Root(Stage):
         device = assembly(ctx).wait(spec, wait_budget(ctx.options))
         if device is None:  # wait() returns only once spec's device is there
             raise StageError(f"no block device with {spec}")
+        if ctx.sys.dry_run:  # the host assembled its root: could this image?
+            from initium.storage.explain import explain
+
+            explain(assembly(ctx), device)
         return device
 
     def _mount(self, ctx: BootContext, device: BlockDevice) -> None:
