@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                        help="give every file a security.ima digest")
     build.add_argument("--ima-sign-key", metavar="PEM",
                        help="give every file a security.ima signature made with this key")
+    build.add_argument("--evm-sign-key", metavar="PEM",
+                       help="give every file a portable security.evm signature made with "
+                            "this key")
     build.add_argument("--ima-policy", metavar="FILE",
                        help="IMA policy to load at boot (see ima.md)")
     build.add_argument("--ima-cert", action="append", default=[], metavar="DER",
@@ -66,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--evm-cert", action="append", default=[], metavar="DER",
                        help="X.509 certificate (DER) for the .evm keyring; repeatable")
     build.add_argument("--storage", metavar="KINDS",
-                       help="storage handlers: luks,lvm,md,verity (comma separated), auto "
+                       help="storage handlers: luks,lvm,md,verity,udev (comma separated), auto "
                             "(what this host's root needs) or none")
     build.add_argument("--include", nargs=2, action="append", default=[],
                        metavar=("SRC", "DST"),
@@ -157,8 +160,9 @@ def _build(args: argparse.Namespace) -> int:
     for flag in ("keep_xattrs", "ima_digest", "kernel_xattr_list"):
         if getattr(args, flag):
             overrides[flag] = True
-    if args.ima_sign_key:
-        overrides["ima_sign_key"] = os.path.abspath(args.ima_sign_key)
+    for flag in ("ima_sign_key", "evm_sign_key"):
+        if getattr(args, flag):
+            overrides[flag] = os.path.abspath(getattr(args, flag))
     if args.ima_policy:
         overrides["ima_policy"] = os.path.abspath(args.ima_policy)
     for flag in ("ima_cert", "evm_cert"):

@@ -125,6 +125,28 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
     """
     if log is not None:
         log("+ " + quote(argv))
+    pid = start(argv, interactive=interactive, console=console, env=env,
+                no_new_privs=no_new_privs, keep_caps=keep_caps, output=output)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done == pid:
+            return os.waitstatus_to_exitcode(status)
+        if deadline is not None and time.monotonic() >= deadline:
+            os.kill(pid, _signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ProcessError(f"{argv[0]}: still running after {timeout:g} s, killed")
+        time.sleep(_POLL)
+
+
+def start(argv: Sequence[str], *, interactive: bool = False, console: bool = False,
+          env: Mapping[str, str] | None = None, no_new_privs: bool = False,
+          keep_caps: int | None = None, output: str | None = None) -> int:
+    """Start a child as ``run`` does and return its pid without waiting (a daemon: udevd).
+
+    The caller owns the child: it must reap it (``stop``), or PID 1's orphan
+    reaping will.
+    """
     actions: list[_Action]
     if console:
         actions = [(os.POSIX_SPAWN_OPEN, 0, console_tty(), os.O_RDWR, 0),
@@ -145,16 +167,32 @@ def run(argv: Sequence[str], *, timeout: float | None = 60.0, interactive: bool 
             raise ProcessError(f"{argv[0]}: {err.strerror}") from None
         what = "not found" if isinstance(err, FileNotFoundError) else "not executable"
         raise ProcessError(f"{argv[0]}: {what}") from None
-    deadline = None if timeout is None else time.monotonic() + timeout
+    return pid
+
+
+def stop(pid: int, timeout: float) -> str:
+    """Wait up to ``timeout`` for a started child to end, then kill it; how it ended.
+
+    A child that someone else already reaped (PID 1 collects orphans after
+    each helper) counts as ended.
+    """
+    deadline = time.monotonic() + timeout
     while True:
-        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return "exited"
         if done == pid:
-            return os.waitstatus_to_exitcode(status)
-        if deadline is not None and time.monotonic() >= deadline:
-            os.kill(pid, _signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise ProcessError(f"{argv[0]}: still running after {timeout:g} s, killed")
+            return f"exited with status {os.waitstatus_to_exitcode(status)}"
+        if time.monotonic() >= deadline:
+            break
         time.sleep(_POLL)
+    try:
+        os.kill(pid, _signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        return "exited"
+    return f"still running after {timeout:g} s, killed"
 
 
 def capture(argv: Sequence[str], *, input: bytes | None = None, timeout: float | None = 300.0,

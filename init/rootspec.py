@@ -87,8 +87,9 @@ def _devno(text: str) -> tuple[int, int] | None:
     return pair
 
 
-def parse_root_spec(text: str, *, device_mapper: bool = False) -> RootSpec:
-    """``device_mapper``: the image can make /dev/mapper devices (the storage stage)."""
+def parse_root_spec(text: str, *, device_mapper: bool = False, udev: bool = False) -> RootSpec:
+    """``device_mapper``: the image can make /dev/mapper devices (the storage stage);
+    ``udev``: it runs udevd, so /dev/disk/by-id and the like are names it can wait for."""
     for prefix, kind in _PREFIXES.items():
         if text.startswith(prefix):
             value = text[len(prefix):]
@@ -108,6 +109,8 @@ def parse_root_spec(text: str, *, device_mapper: bool = False) -> RootSpec:
             value = _udev_unescape(text[len(directory):])
             return RootSpec(kind, value)
     for prefix, need in _NEEDS_MORE:
+        if udev and prefix == "/dev/disk/":
+            continue
         if text.startswith(prefix) and not (device_mapper and prefix == "/dev/mapper/"):
             raise RootSpecError(f"root={text}: {need}; use UUID=, LABEL=, PARTUUID= or "
                                 "PARTLABEL= instead")

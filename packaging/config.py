@@ -19,6 +19,7 @@ from initium.stages.ima_ops import (
     EVM_INIT_X509,
     EVM_SETUP_COMPLETE,
 )
+from initium.storage.verity import POLICIES as VERITY_POLICIES
 from initium.xattrlist import NAMESPACES
 
 IMA_HASHES = ("sha256", "sha384", "sha512", "sha224", "sha1")  # packaging.xattrs.HASH_ALGOS
@@ -53,6 +54,7 @@ class BuildConfig:
     xattr_namespaces: tuple[str, ...] = ("security.",)
     ima_digest: bool = False
     ima_sign_key: str | None = None
+    evm_sign_key: str | None = None
     ima_hash: str = "sha256"
     ima_policy: str | None = None
     ima_certs: tuple[str, ...] = ()
@@ -66,6 +68,7 @@ class BuildConfig:
     storage: tuple[str, ...] = ()  # handler kinds; "auto" is expanded by the builder
     include: tuple[tuple[str, str, int], ...] = ()  # (host source, image target, mode)
     fsck: bool = False
+    verity_corruption: str = "io-error"
 
     @property
     def required_modules(self) -> list[str]:
@@ -157,7 +160,7 @@ def _policy_dir(value: Any) -> str:
     return _path(value)
 
 
-STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "auto", "none")
+STORAGE_CHOICES = ("luks", "lvm", "md", "verity", "udev", "auto", "none")
 INCLUDE_MODE = 0o400
 
 
@@ -258,8 +261,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("ima_sign_key", _path, "PEM private key (no passphrase): give every regular file a "
             "security.ima signature v2 made with it (the format evmctl ima_sign writes).",
             "--ima-sign-key"),
+    Setting("evm_sign_key", _path, "PEM private key (no passphrase): give every regular file a "
+            "security.evm portable signature made with it (the format evmctl sign --portable "
+            "writes), over its security.ima, its SELinux label when the image has a policy, "
+            "owner root:root and mode. Implies ima_digest when ima_sign_key is not set. The "
+            "kernel checks it once EVM is enabled (evm_mode with 0x2 and the key's "
+            "certificate in evm_certs). See ima.md.", "--evm-sign-key"),
     Setting("ima_hash", _choice(IMA_HASHES), "Hash algorithm of the IMA digests and "
-            "signatures.", ""),
+            "signatures, and of the EVM signatures.", ""),
     Setting("ima_policy", _path, "IMA policy file (the kernel's rule syntax, one rule a "
             "line) that the ima stage writes to /sys/kernel/security/ima/policy; it travels "
             "as /etc/initium/ima/policy. See ima.md.", "--ima-policy"),
@@ -279,7 +288,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage", _names_among(STORAGE_CHOICES), "Storage handlers to put in the image, "
             "each with its tool, "
             "libraries and kernel modules: luks (cryptsetup), lvm (lvm), md (mdadm), verity "
-            "(veritysetup); auto: what this host's own root needs; none (the default): no "
+            "(veritysetup), udev (systemd-udevd and udevadm with the host's storage rules, "
+            "for /dev/disk/by-id roots and udev's view of the devices; never chosen by "
+            "auto); auto: what this host's own root needs; none (the default): no "
             "storage stage at all. On the command line a comma-separated list.", "--storage"),
     Setting("include", _includes, "Files to add to the image, as [[include]] tables with "
             "source (host path), target (image path) and mode (octal string, default "
@@ -289,6 +300,12 @@ SETTINGS: tuple[Setting, ...] = (
             "ext2/3/4 root before mounting it read-write (fsck.mode=, fsck.repair=, "
             "rd.skipfsck on the kernel command line). Default: no fsck in the image.",
             "--fsck"),
+    Setting("verity_corruption", _choice(tuple(VERITY_POLICIES)), "What a dm-verity root does "
+            "with a block that fails its hash after the boot: io-error (the default, as the "
+            "kernel's and systemd's: the read fails, nothing corrupted reaches the reader, the "
+            "machine goes on), ignore-corruption (logged, read as it is), "
+            "restart-on-corruption, panic-on-corruption (veritytab's names). A policy word "
+            "in systemd.verity_root_options= or initium.verity= overrides it.", ""),
     Setting("kernel_xattr_list", _bool, "Also write each component's list as .xattr-list at "
             "the end of its archive, for kernels with the in-kernel xattr patch.",
             "--kernel-xattr-list"),

@@ -29,6 +29,7 @@ from initium.stages.ima_ops import EVM_INIT_X509, policy_rules
 
 from .config import BuildConfig
 from .cpio import Entry
+from .selinux import resolve_policy_dir
 
 if TYPE_CHECKING:
     from .image import ImageBuilder
@@ -154,6 +155,10 @@ def plan_data(config: BuildConfig) -> dict[str, Any]:
         "evm_keys": sorted(p for p in files if p.startswith(EVM_KEYS_DIR + "/")),
         "evm_mode": config.evm_mode,
         "required": config.ima_required,
+        # The signatures then cover the labels the selinux stage sets: they
+        # verify only on a boot where SELinux is active.
+        "evm_covers_labels": bool(config.evm_sign_key)
+        and resolve_policy_dir(config.selinux_policy) is not None,
     }
 
 

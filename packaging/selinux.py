@@ -42,6 +42,7 @@ IMAGE_DIR = "/etc/initium/selinux"
 LABELS_PATH = f"{IMAGE_DIR}/labels"
 RULES_PATH = f"{IMAGE_DIR}/rules.marshal"
 BOOT_TOPS = ("/dev", "/run")
+DOMAIN_TYPE = "initium_t"  # declared by policy/initium.te
 SELINUX_CONFIG = "/etc/selinux/config"
 XATTR = "security.selinux"
 TYPE_FLAGS = ("--", "-d", "-c", "-b", "-l", "-s", "-p")
@@ -195,6 +196,11 @@ class Labeller:
         exact: dict[str, list[tuple[str, str | None]]] = {}
         specs: list[tuple[str, str, str | None, Any]] = []
         refused = []
+        # An alias below the tops (Debian: /run/lock is /var/lock) is looked
+        # up under its original, so the original's entries come along.
+        subs = [(a, o) for a, o in self.subs
+                if any(a == t or a.startswith(t + "/") for t in tops)]
+        tops = tops + tuple(o for _, o in subs)
         for spec in self.specs:
             prefix = literal_prefix(spec.regex)
             if not any(prefix.startswith(t) or (t + "/").startswith(prefix) for t in tops):
@@ -206,7 +212,46 @@ class Labeller:
                 specs.append((prefix, spec.ftype, spec.context, compile_regex(spec.regex)))
             except RuleError as err:
                 refused.append(f"{spec.regex}: {err}")
-        return {"exact": {k: tuple(v) for k, v in exact.items()}, "specs": specs}, refused
+        return {"exact": {k: tuple(v) for k, v in exact.items()}, "specs": specs,
+                "subs": subs}, refused
+
+
+def defines_type(policy: bytes, name: str) -> bool:
+    """Whether a binary policy declares the type ``name``.
+
+    A type is stored as four little-endian words (name length, value,
+    properties, bounds; policy versions from 24 on) followed by the name,
+    so the length word sits 16 bytes before it: that rules out a longer
+    name that merely contains ``name`` (security/selinux/ss/policydb.c,
+    type_read()).
+    """
+    key = name.encode()
+    length = len(key).to_bytes(4, "little")
+    at = policy.find(key)
+    while at != -1:
+        if at >= 16 and policy[at - 16:at - 12] == length:
+            return True
+        at = policy.find(key, at + 1)
+    return False
+
+
+def domain_context(directory: str, policy: bytes) -> str | None:
+    """PID 1's context in the initramfs, when the policy has policy/initium.te linked in.
+
+    The user and the level come from the policy's own initrc_context (``s0``
+    for Debian's MCS policy, a range for MLS), the role is system_r.
+    """
+    if not defines_type(policy, DOMAIN_TYPE):
+        return None
+    user, level = "system_u", "s0"
+    try:
+        with open(os.path.join(directory, "contexts", "initrc_context")) as f:
+            fields = f.read().strip().split(":", 3)
+        if len(fields) == 4:
+            user, level = fields[0], fields[3]
+    except OSError:
+        pass
+    return f"{user}:system_r:{DOMAIN_TYPE}:{level}"
 
 
 def plan_data(setting: str | None, mode: str) -> dict[str, Any]:
@@ -214,9 +259,14 @@ def plan_data(setting: str | None, mode: str) -> dict[str, Any]:
     directory = resolve_policy_dir(setting)
     if directory is None:
         return {"mode": mode}
-    version = policy_file(directory)[1]
-    return {"mode": mode, "policy": f"{IMAGE_DIR}/policy.{version}", "labels": LABELS_PATH,
+    path, version = policy_file(directory)
+    with open(path, "rb") as f:
+        domain = domain_context(directory, f.read())
+    data = {"mode": mode, "policy": f"{IMAGE_DIR}/policy.{version}", "labels": LABELS_PATH,
             "rules": RULES_PATH}
+    if domain is not None:
+        data["domain"] = domain
+    return data
 
 
 def attach_selinux(builder: ImageBuilder) -> None:

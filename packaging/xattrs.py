@@ -8,12 +8,17 @@ the ``xattrs`` stage applies at boot.  Sources, later ones winning:
   namespaces the configuration allows;
 * IMA: ``security.ima`` as a digest (``ima_digest``) or as a signature made
   with the user's key (``ima_sign_key``), in the formats ``evmctl`` writes
-  and the kernel's IMA appraisal reads.
+  and the kernel's IMA appraisal reads;
+* EVM: ``security.evm`` as a portable signature made with the user's key
+  (``evm_sign_key``), over the file's other EVM-protected attributes and
+  its owner and mode, as ``evmctl sign --portable`` writes it.
 
 The digest and signature layouts follow the kernel's ``enum
 evm_ima_xattr_type`` and ``struct signature_v2_hdr``
 (security/integrity/integrity.h) and ``enum hash_algo``
-(include/uapi/linux/hash_info.h); tests compare them with ``evmctl``.
+(include/uapi/linux/hash_info.h); what an EVM signature covers follows
+security/integrity/evm/evm_crypto.c and evm_main.c (Linux 6.1).  Tests
+compare the bytes with ``evmctl``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from initium.xattrlist import LIST_DIR, XattrRecord, serialize
+from initium.xattrlist import LIST_DIR, XattrRecord, parse, serialize
 
 from .cpio import Entry
 
@@ -36,10 +41,20 @@ if TYPE_CHECKING:
 IMA_XATTR_DIGEST = 0x01  # sha1 only, no algorithm byte (what evmctl writes for sha1)
 EVM_IMA_XATTR_DIGSIG = 0x03
 IMA_XATTR_DIGEST_NG = 0x04
+EVM_XATTR_PORTABLE_DIGSIG = 0x05
 DIGSIG_VERSION_2 = 2
 # enum hash_algo, include/uapi/linux/hash_info.h
 HASH_ALGOS = {"sha1": 2, "sha256": 4, "sha384": 5, "sha512": 6, "sha224": 7}
 IMA = "security.ima"
+EVM = "security.evm"
+SELINUX = "security.selinux"
+# evm_config_default_xattrnames (security/integrity/evm/evm_main.c, Linux 6.1), in the
+# order EVM hashes them.  A portable signature covers every one the file has, whether
+# or not the running kernel has the LSM that uses it (evm_calc_hmac_or_hash skips
+# disabled names only for HMACs and non-portable signatures).
+EVM_XATTRS = (SELINUX, "security.SMACK64", "security.SMACK64EXEC",
+              "security.SMACK64TRANSMUTE", "security.SMACK64MMAP", "security.apparmor",
+              IMA, "security.capability")
 KERNEL_LIST = ".xattr-list"  # the name the in-kernel proposal reads from each archive
 
 
@@ -98,10 +113,33 @@ def key_id(spki: bytes) -> bytes:
     return hashlib.sha1(subject_public_key(spki)).digest()[-4:]
 
 
-def signature_v2(key_ident: bytes, algo: str, signature: bytes) -> bytes:
-    """``security.ima`` holding a v2 signature: the header of ``struct signature_v2_hdr``."""
-    return struct.pack(">BBB4sH", EVM_IMA_XATTR_DIGSIG, DIGSIG_VERSION_2, HASH_ALGOS[algo],
+def signature_v2(key_ident: bytes, algo: str, signature: bytes,
+                 kind: int = EVM_IMA_XATTR_DIGSIG) -> bytes:
+    """A v2 signature xattr: the header of ``struct signature_v2_hdr``, then the signature.
+
+    ``kind`` is the first byte: EVM_IMA_XATTR_DIGSIG for ``security.ima``,
+    EVM_XATTR_PORTABLE_DIGSIG for a portable ``security.evm``.
+    """
+    return struct.pack(">BBB4sH", kind, DIGSIG_VERSION_2, HASH_ALGOS[algo],
                        key_ident, len(signature)) + signature
+
+
+def evm_portable_data(xattrs: Mapping[str, bytes], mode: int, uid: int = 0,
+                      gid: int = 0) -> bytes:
+    """The bytes a portable EVM signature's digest is taken over.
+
+    The raw values of the EVM-protected attributes the file has, in EVM's
+    order, then ``struct h_misc`` as x86-64 lays it out: ``unsigned long
+    ino`` and ``u32 generation`` zeroed (a portable signature leaves them
+    out so it survives a copy), ``uid_t uid``, ``gid_t gid``, ``umode_t
+    mode`` (the whole i_mode, type bits too), two bytes of padding; no file
+    system UUID.  The kernel refuses a portable signature on a file without
+    ``security.ima`` (-EPERM), so this does too.
+    """
+    if IMA not in xattrs:
+        raise ValueError("a portable EVM signature needs security.ima on the file")
+    values = b"".join(xattrs[name] for name in EVM_XATTRS if name in xattrs)
+    return values + struct.pack("<QIIIH2x", 0, 0, uid, gid, mode & 0xFFFF)
 
 
 class ImaSigner:
@@ -112,21 +150,23 @@ class ImaSigner:
     rather than prompted for.
     """
 
-    def __init__(self, key_path: str, algo: str = "sha256") -> None:
+    def __init__(self, key_path: str, algo: str = "sha256",
+                 flag: str = "--ima-sign-key") -> None:
         from initium import process
 
         if algo not in HASH_ALGOS:
             raise XattrSourceError(f"IMA hash {algo!r} is not one of {', '.join(HASH_ALGOS)}")
-        self.key_path, self.algo = key_path, algo
+        self.key_path, self.algo, self.flag = key_path, algo, flag
         try:
             spki = process.capture(["openssl", "pkey", "-in", key_path, "-passin", "pass:",
                                     "-pubout", "-outform", "DER"], timeout=30)
             self.key_id = key_id(spki)
         except (process.ProcessError, ValueError) as err:
-            raise XattrSourceError(f"--ima-sign-key {key_path}: not a usable PEM private key "
+            raise XattrSourceError(f"{flag} {key_path}: not a usable PEM private key "
                                    f"without passphrase ({err})") from None
 
-    def sign(self, data: bytes) -> bytes:
+    def sign(self, data: bytes, kind: int = EVM_IMA_XATTR_DIGSIG) -> bytes:
+        """A v2 signature of ``kind`` over the digest of ``data``."""
         from initium import process
 
         digest = hashlib.new(self.algo, data).digest()
@@ -135,8 +175,12 @@ class ImaSigner:
                 ["openssl", "pkeyutl", "-sign", "-inkey", self.key_path, "-passin", "pass:",
                  "-pkeyopt", f"digest:{self.algo}"], input=digest, timeout=30)
         except process.ProcessError as err:
-            raise XattrSourceError(f"--ima-sign-key {self.key_path}: {err}") from None
-        return signature_v2(self.key_id, self.algo, signature)
+            raise XattrSourceError(f"{self.flag} {self.key_path}: {err}") from None
+        return signature_v2(self.key_id, self.algo, signature, kind)
+
+    def sign_evm(self, xattrs: Mapping[str, bytes], mode: int) -> bytes:
+        """``security.evm``: a portable signature over ``xattrs`` and owner root:root, ``mode``."""
+        return self.sign(evm_portable_data(xattrs, mode), EVM_XATTR_PORTABLE_DIGSIG)
 
 
 def host_xattrs(path: str, namespaces: Iterable[str]) -> dict[str, bytes]:
@@ -159,14 +203,28 @@ def host_xattrs(path: str, namespaces: Iterable[str]) -> dict[str, bytes]:
 
 
 def entry_xattrs(entry: Entry, source: str | None, *, keep: bool, namespaces: Iterable[str],
-                 ima: str | None, signer: ImaSigner | None) -> dict[str, bytes]:
-    """Every attribute one image file gets (``ima``: the digest algorithm, or None)."""
+                 ima: str | None, signer: ImaSigner | None,
+                 evm: ImaSigner | None = None, label: bytes | None = None) -> dict[str, bytes]:
+    """Every attribute one image file gets (``ima``: the digest algorithm, or None).
+
+    ``security.evm`` comes last because it signs the others; the image's
+    files are owned by root (the cpio writer stores uid and gid 0).
+    ``label`` is the ``security.selinux`` the selinux stage will give the
+    file at boot (before EVM is enabled): not in this list, but covered by
+    the signature, unless the list labels the file itself.
+    """
     found = host_xattrs(source, namespaces) if keep and source is not None else {}
     if stat.S_ISREG(entry.mode):
         if signer is not None:
             found[IMA] = signer.sign(entry.data)
         elif ima is not None:
             found[IMA] = ima_digest(entry.data, ima)
+        if evm is not None:
+            found.pop(EVM, None)
+            covered = dict(found)
+            if label is not None:
+                covered.setdefault(SELINUX, label)
+            found[EVM] = evm.sign_evm(covered, entry.mode)
     return found
 
 
@@ -178,6 +236,22 @@ def records_of(xattrs: Mapping[str, Mapping[str, bytes]]) -> list[XattrRecord]:
     return [XattrRecord(path, tuple(attrs.items())) for path, attrs in xattrs.items() if attrs]
 
 
+def boot_labels(builder: ImageBuilder) -> dict[str, bytes]:
+    """The ``security.selinux`` of each image path that the selinux stage sets at boot.
+
+    They travel in the policy component's label list (packaging.selinux),
+    which the builder wrote itself a moment ago.
+    """
+    from .selinux import LABELS_PATH
+
+    for comp in builder.components.values():
+        entry = comp.entries.get(LABELS_PATH.lstrip("/"))
+        if entry is not None:
+            return {r.path: value for r in parse(entry.data) for name, value in r.xattrs
+                    if name == SELINUX}
+    return {}
+
+
 def attach_xattrs(builder: ImageBuilder) -> None:
     """Decide every file's xattrs and add each component's list to that component.
 
@@ -186,17 +260,23 @@ def attach_xattrs(builder: ImageBuilder) -> None:
     """
     config = builder.config
     keep = config.keep_xattrs
-    ima = config.ima_hash if config.ima_digest or config.ima_sign_key else None
+    # A portable EVM signature needs security.ima: EVM signing implies IMA digests.
+    ima = config.ima_hash if config.ima_digest or config.ima_sign_key or \
+        config.evm_sign_key else None
     signer = ImaSigner(config.ima_sign_key, config.ima_hash) if config.ima_sign_key else None
+    evm = ImaSigner(config.evm_sign_key, config.ima_hash, "--evm-sign-key") \
+        if config.evm_sign_key else None
     if not keep and ima is None:
         return
+    labels = boot_labels(builder) if evm is not None else {}
     for comp in builder.components.values():
         own = {list_path(comp.name), KERNEL_LIST}
         for path, entry in sorted(comp.entries.items()):
             if path in own:
                 continue
             attrs = entry_xattrs(entry, builder.sources.get(path), keep=keep,
-                                 namespaces=config.xattr_namespaces, ima=ima, signer=signer)
+                                 namespaces=config.xattr_namespaces, ima=ima, signer=signer,
+                                 evm=evm, label=labels.get(path))
             if attrs:
                 comp.xattrs[path] = attrs
         if not comp.xattrs:

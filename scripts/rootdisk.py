@@ -33,10 +33,19 @@ echo "INITIUM-SIGNALS $($B grep -E '^Sig(Ign|Blk):' /proc/$$/status | $B tr '\n\
 echo "INITIUM-MOUNTS $($B grep -E ' /(run|dev|dev/pts|dev/shm) ' /proc/mounts | $B tr '\n' ';')"
 echo "INITIUM-MODPARAM queue_depth=$($B cat /sys/module/virtio_blk/parameters/queue_depth)"
 echo "INITIUM-INITRAMFS-LEFT $($B ls / | $B tr '\n' ' ')"
+if [ -x /bin/getlabel ]; then
+  echo "INITIUM-LABELS $(/bin/getlabel /dev/null /dev/console /dev/vda /sbin/init)"
+fi
 if [ -d /sys/fs/selinux ]; then
   echo "INITIUM-SELINUX enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
-    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')"
+    "pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
+    "prev=$($B cat /proc/1/attr/prev 2>&1 | $B tr -d '\0')"
 fi
+# Files a test wants read (one path a line): each read reports ok or the reader's error.
+for f in $($B cat /etc/initium-read-check 2>/dev/null); do
+  if err=$($B cat "$f" 2>&1 >/dev/null); then echo "INITIUM-READ $f ok"
+  else echo "INITIUM-READ $f failed: $err"; fi
+done
 $B sync
 $B poweroff -f
 """
@@ -47,8 +56,8 @@ def _run(argv: list[str], **kwargs: object) -> None:
     subprocess.run(argv, check=True, capture_output=True, **kwargs)  # type: ignore[call-overload]
 
 
-def populate(root: str) -> None:
-    """The tree of the root file system."""
+def populate(root: str, extra: dict[str, bytes] | None = None) -> None:
+    """The tree of the root file system, with ``extra`` files (path in the root: content)."""
     for d in ("bin", "sbin", "proc", "sys", "dev", "run", "etc", "tmp"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
     shutil.copy2(BUSYBOX, os.path.join(root, "bin/busybox"))
@@ -65,6 +74,91 @@ def populate(root: str) -> None:
         os.chmod(path, 0o755)
     with open(os.path.join(root, "etc/os-release"), "w") as f:
         f.write("NAME=initium-test-root\n")
+    for name, data in (extra or {}).items():
+        path = os.path.join(root, name.lstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+# Prints each path's security.selinux: busybox has no SELinux applets.
+GETLABEL_C = r"""
+#include <stdio.h>
+#include <sys/xattr.h>
+int main(int argc, char **argv) {
+    char value[512];
+    for (int i = 1; i < argc; i++) {
+        ssize_t n = lgetxattr(argv[i], "security.selinux", value, sizeof value - 1);
+        if (n < 0) { printf("%s=(none) ", argv[i]); continue; }
+        value[n] = 0;
+        printf("%s=%s ", argv[i], value);
+    }
+    printf("\n");
+    return 0;
+}
+"""
+
+
+def add_getlabel(root: str) -> None:
+    """A static /bin/getlabel, so the root's init can show what labels it was handed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "getlabel.c")
+        with open(source, "w") as f:
+            f.write(GETLABEL_C)
+        _run(["gcc", "-static", "-Os", "-s", "-o", os.path.join(root, "bin/getlabel"), source])
+
+
+SYSTEMD = "/lib/systemd/systemd"
+# systemd as the root's init, reporting after its own SELinux set-up: what
+# it sees of PID 1's context and the mode, then the VM powers off.
+SYSTEMD_REPORT = r"""#!/bin/busybox sh
+B=/bin/busybox
+exec >/dev/console 2>&1
+echo "INITIUM-SYSTEMD pid1=$($B cat /proc/1/attr/current 2>&1 | $B tr -d '\0')" \
+  "prev=$($B cat /proc/1/attr/prev 2>&1 | $B tr -d '\0')" \
+  "enforce=$($B cat /sys/fs/selinux/enforce 2>&1)" \
+  "comm=$($B cat /proc/1/comm)"
+$B sync
+$B poweroff -f
+"""
+SYSTEMD_UNIT = """[Unit]
+Description=initium test: report what systemd found
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+ExecStart=/bin/initium-report
+"""
+
+
+def add_systemd(root: str, selinux_policy: str | None) -> None:
+    """systemd 252 of the build host as /sbin/init, with its libraries and one unit.
+
+    Boot it with ``systemd.unit=initium-report.service``. With a policy, the
+    store is copied to /etc/selinux/default and configured permissive, so
+    systemd's own set-up finds what it looks for on a Debian root.
+    """
+    from initium.packaging.elf import closure
+
+    for target, host in closure([SYSTEMD]).items():
+        dest = os.path.join(root, target.lstrip("/"))
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copy2(host, dest)
+    os.unlink(os.path.join(root, "sbin/init"))
+    os.symlink(SYSTEMD, os.path.join(root, "sbin/init"))
+    for name, text, mode in (("bin/initium-report", SYSTEMD_REPORT, 0o755),
+                             ("etc/systemd/system/initium-report.service", SYSTEMD_UNIT, 0o644)):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    # Empty: systemd sets up a transient machine ID on a read-only /etc.
+    open(os.path.join(root, "etc/machine-id"), "w").close()
+    if selinux_policy:
+        shutil.copytree(selinux_policy, os.path.join(root, "etc/selinux/default"), symlinks=True)
+        with open(os.path.join(root, "etc/selinux/config"), "w") as f:
+            f.write("SELINUX=permissive\nSELINUXTYPE=default\n")
 
 
 def label_tree(tree: str, policy_dir: str) -> int:
@@ -92,9 +186,14 @@ def label_tree(tree: str, policy_dir: str) -> int:
 
 def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
                     label: str | None = None, size_mb: int = 16,
-                    selinux_policy: str | None = None) -> None:
+                    selinux_policy: str | None = None, systemd: bool = False,
+                    extra: dict[str, bytes] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tree:
-        populate(tree)
+        populate(tree, extra)
+        if systemd:
+            add_systemd(tree, selinux_policy)
+        if selinux_policy:
+            add_getlabel(tree)
         if selinux_policy:
             label_tree(tree, selinux_policy)
         if fstype in ("ext4", "ext3", "ext2"):
@@ -124,11 +223,12 @@ def make_filesystem(path: str, *, fstype: str = "ext4", uuid: str | None = None,
 def make_disk(path: str, *, table: str | None = None, fstype: str = "ext4",
               uuid: str | None = None, label: str | None = None,
               partuuid: str | None = None, partlabel: str | None = None,
-              size_mb: int = 16, selinux_policy: str | None = None) -> None:
+              size_mb: int = 16, selinux_policy: str | None = None,
+              systemd: bool = False) -> None:
     """A root disk: the bare file system, or it inside partition 1 of a ``gpt``/``dos`` table."""
     if table is None:
         make_filesystem(path, fstype=fstype, uuid=uuid, label=label, size_mb=size_mb,
-                        selinux_policy=selinux_policy)
+                        selinux_policy=selinux_policy, systemd=systemd)
         return
     start = 2048  # sectors
     with tempfile.TemporaryDirectory() as tmp:

@@ -12,7 +12,11 @@ attribute change:
    user keyring, as ``evmctl import`` does; the same for ``.evm``/``_evm``;
 2. the policy, one rule per write to /sys/kernel/security/ima/policy; when
    the kernel answers that it wants a signed policy, the policy's path;
-3. EVM's bit mask from the image's ``evm_mode``.
+3. EVM's bit mask from the image's ``evm_mode``, last: the xattrs stage
+   has put ``security.evm`` on the image's files while EVM was off (EVM
+   lets any attribute be written until it has a key), and with
+   ``EVM_INIT_X509`` only once a key is in ``.evm``/``_evm`` (without one
+   EVM would fail every file IMA appraises).
 
 Failures are warnings (", ignoring") unless IMA is required, by the image
 (``ima_required``) or by ``rd.ima.require_policy=1``: then every failure,
@@ -29,6 +33,7 @@ from initium.options import Option
 from initium.stage import JSON, BootContext, Image, Stage, StageError
 from initium.stages.ima_ops import (
     EVM_FILE,
+    EVM_INIT_X509,
     IMA_POLICY_FILE,
     SECURITYFS_IMA,
     AddKey,
@@ -39,6 +44,8 @@ from initium.stages.ima_ops import (
     find_keyring,
     parse_proc_keys,
 )
+
+SELINUX_ENFORCE = "/sys/fs/selinux/enforce"  # there once the selinux stage mounted selinuxfs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -96,7 +103,8 @@ class Ima(Stage):
         from initium.packaging.ima import plan_data
 
         return plan_data(BuildConfig(**{k: image.option(k) for k in (
-            "ima_policy", "ima_certs", "evm_certs", "evm_mode", "ima_required")}))
+            "ima_policy", "ima_certs", "evm_certs", "evm_mode", "ima_required",
+            "evm_sign_key", "selinux_policy")}))
 
     def run(self, ctx: BootContext) -> None:
         data = ctx.data()
@@ -123,23 +131,25 @@ class Ima(Stage):
                    "boot a kernel with CONFIG_IMA (and securityfs mounted)")
             return
         start = sys.monotonic()
-        done = [self._keys(ctx, ima_keys, ".ima", "_ima", failed),
-                self._keys(ctx, evm_keys, ".evm", "_evm", failed),
-                self._policy(ctx, policy, required, failed),
-                self._evm(ctx, evm_mode, failed)]
+        ima_said, _ = self._keys(ctx, ima_keys, ".ima", "_ima", failed)
+        evm_said, evm_added = self._keys(ctx, evm_keys, ".evm", "_evm", failed)
+        done = [ima_said, evm_said, self._policy(ctx, policy, required, failed),
+                self._evm(ctx, evm_mode, evm_added, bool(data.get("evm_covers_labels")),
+                          failed)]
         said = "; ".join(d for d in done if d)
         ctx.log(f"{said or 'nothing loaded'} in {sys.monotonic() - start:.3f} s")
 
     def _keys(self, ctx: BootContext, keys: list[str], trusted: str, fallback: str,
-              failed: Failed) -> str:
+              failed: Failed) -> tuple[str, int]:
+        """(what to log, how many keys the kernel took)."""
         if not keys:
-            return ""
+            return "", 0
         sys = ctx.sys
         try:
             listed = parse_proc_keys(sys.read_text("/proc/keys"))
         except OSError as err:
             failed(f"cannot read /proc/keys: {err.strerror}", "boot a kernel with CONFIG_KEYS")
-            return ""
+            return "", 0
         serial, name = find_keyring(listed, trusted), trusted
         if serial is None:
             serial, name = find_keyring(listed, fallback), fallback
@@ -149,7 +159,7 @@ class Ima(Stage):
             except OSError as err:
                 failed(f"cannot make the keyring {fallback}: {err.strerror}",
                        "boot a kernel with CONFIG_KEYS")
-                return ""
+                return "", 0
             ctx.debug(f"the kernel has no {trusted} keyring: made {fallback} "
                       f"({serial:#x}) in the user keyring")
         added = 0
@@ -159,7 +169,7 @@ class Ima(Stage):
                 added += 1
             except OSError as err:
                 failed(*key_refusal(path, name, err))
-        return f"{added} of {len(keys)} keys into {name}"
+        return f"{added} of {len(keys)} keys into {name}", added
 
     def _policy(self, ctx: BootContext, policy: str | None, required: bool,
                 failed: Failed) -> str:
@@ -195,12 +205,25 @@ class Ima(Stage):
             return ""
         return f"IMA policy {policy} loaded by path (the kernel requires a signed policy)"
 
-    def _evm(self, ctx: BootContext, mode: int | None, failed: Failed) -> str:
+    def _evm(self, ctx: BootContext, mode: int | None, keys: int, labels: bool,
+             failed: Failed) -> str:
         if not mode:
+            return ""
+        if labels and not ctx.sys.exists(SELINUX_ENFORCE):
+            failed(f"EVM not enabled ({evm_bits(mode)}): the image's security.evm signatures "
+                   "cover SELinux labels, and SELinux is not active on this boot, so EVM "
+                   "would refuse every file IMA appraises",
+                   "boot with security=selinux selinux=1, or build the image with "
+                   "--selinux-policy none")
             return ""
         if not ctx.sys.exists(EVM_FILE):
             failed(f"the kernel has no EVM ({EVM_FILE} is missing)",
                    "boot a kernel with CONFIG_EVM, or build without evm_mode")
+            return ""
+        if mode & EVM_INIT_X509 and not keys:
+            failed(f"EVM not enabled ({evm_bits(mode)}): no key is in the .evm/_evm keyring "
+                   "(see above), and EVM would then refuse every file IMA appraises",
+                   "build the image with --evm-cert DER, the certificate of --evm-sign-key")
             return ""
         try:
             ctx.sys.apply(EnableEvm(mode))

@@ -20,8 +20,10 @@ Kernel facts they rely on (Linux 6.1, security/integrity/):
   CONFIG_IMA_WRITE_POLICY the file disappears after the first policy that
   was applied: one custom policy per boot.
 * evm/evm.h, evm_secfs.c: /sys/kernel/security/evm takes an unsigned bit
-  mask (the EVM_* values below); bits once set stay set, and after
-  EVM_SETUP_COMPLETE every write is refused with EPERM.
+  mask (the EVM_* values below, read with kstrtouint(): "0x80000002" is
+  taken, a negative number is refused with EINVAL, as a boot showed); bits
+  once set stay set, and after EVM_SETUP_COMPLETE every write is refused
+  with EPERM.
 """
 
 from __future__ import annotations

@@ -151,7 +151,8 @@ class Root(Stage):
             raise StageError("no root= on the kernel command line",
                              "add root=UUID=… (or LABEL=, PARTUUID=, /dev/…)")
         try:
-            spec = parse_root_spec(text, device_mapper=bool(loop.handlers))
+            spec = parse_root_spec(text, device_mapper=any(h.name != "udev" for h in loop.handlers),
+                                   udev=loop.has("udev"))
         except RootSpecError as err:
             raise StageError(str(err), "fix root= on the kernel command line") from None
         device = self._wait(ctx, spec)
@@ -166,6 +167,10 @@ class Root(Stage):
         device = assembly(ctx).wait(spec, wait_budget(ctx.options))
         if device is None:  # wait() returns only once spec's device is there
             raise StageError(f"no block device with {spec}")
+        if ctx.sys.dry_run:  # the host assembled its root: could this image?
+            from initium.storage.explain import explain
+
+            explain(assembly(ctx), device)
         return device
 
     def _mount(self, ctx: BootContext, device: BlockDevice) -> None:

@@ -13,10 +13,12 @@ that the kernel made before the policy existed (they read ``device_t`` or
 failure stops the boot with no shell offered; otherwise it is logged with
 ", ignoring" and the boot goes on, as systemd's selinux-setup does.
 
-PID 1 itself stays in the kernel's domain (``kernel_t``): refpolicy lets
-the kernel domain transition to ``init_t`` by executing a file labelled
-``init_exec_t``, which is what happens when switch-root executes the real
-root's /sbin/init; see docs/selinux.md.
+Right after the load PID 1 leaves the kernel's domain (``kernel_t``, shared
+with every kernel thread) for its own, ``initium_t`` from policy/initium.te,
+when the image's policy has it: the helpers it starts and the files it
+creates are then told apart from the kernel's.  From there, executing the
+real root's /sbin/init (``init_exec_t``) enters ``init_t``; see
+docs/selinux.md.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ if TYPE_CHECKING:
 SELINUXFS = "/sys/fs/selinux"
 XATTR = "security.selinux"
 RELABEL_TOPS = ("/dev", "/run")
+CURRENT = "/proc/self/attr/current"  # writing it is a dynamic transition of this process
 MAX_RULES_BYTES = 16 << 20
 
 
@@ -116,25 +119,38 @@ class WriteKernelFile(ops.Op):
 class Relabel(ops.Op):
     """Label every file under ``tops`` (mounts included) from the builder's boot rules.
 
-    The reply is (files labelled, failures as "path: reason", and the
-    labels read back from ``probes`` as "path=context", for the log).
+    The reply is (files labelled, failures as "path: reason", the labels
+    read back from ``probes`` as "path=context" for the log, and every
+    (device, inode) visited).  Entries in ``seen`` are passed over: the
+    second pass at switch-root labels only the nodes made since the first
+    (devtmpfs gives a node made after the load its directory's
+    ``device_t``, and there is no udev to fix it, as there is on a
+    running system).
     """
 
     tops: tuple[str, ...]
     rules: str
     probes: tuple[str, ...] = ("/dev/null", "/dev/console")
+    seen: frozenset[tuple[int, int]] = frozenset()
 
     def describe(self) -> str:
-        return f"relabel {', '.join(self.tops)} from {self.rules}"
+        what = "nodes made since the last relabel under" if self.seen else "relabel"
+        return f"{what} {', '.join(self.tops)} from {self.rules}"
 
-    def perform(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
+    def perform(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...],
+                                            frozenset[tuple[int, int]]]:
         with open(self.rules, "rb") as f:
             rules = Rules.from_data(marshal.loads(f.read(MAX_RULES_BYTES)))
         done, failed = 0, []
+        visited: set[tuple[int, int]] = set()
 
-        def label(path: str, mode: int) -> None:
+        def label(path: str, st: os.stat_result) -> None:
             nonlocal done
-            found, context = rules.lookup(path, mode)
+            key = (st.st_dev, st.st_ino)
+            visited.add(key)
+            if key in self.seen:
+                return
+            found, context = rules.lookup(path, st.st_mode)
             if not found or context is None:
                 return
             try:
@@ -150,30 +166,34 @@ class Relabel(ops.Op):
                 failed.append(f"{path}: {err.strerror}")
                 return
             for entry in entries:
-                st = entry.stat(follow_symlinks=False)
-                label(entry.path, st.st_mode)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone since the listing (a device removed)
+                label(entry.path, st)
                 if stat.S_ISDIR(st.st_mode):
                     walk(entry.path)
 
         for top in self.tops:
             try:
-                label(top, os.lstat(top).st_mode)
+                label(top, os.lstat(top))
             except OSError as err:
                 failed.append(f"{top}: {err.strerror}")
                 continue
             walk(top)
-        seen = []
+        read_back = []
         for probe in self.probes:
             try:
                 value = os.getxattr(probe, XATTR, follow_symlinks=False)
             except OSError as err:
-                seen.append(f"{probe}=({err.strerror})")
+                read_back.append(f"{probe}=({err.strerror})")
             else:
-                seen.append(f"{probe}={value.rstrip(bytes(1)).decode(errors='replace')}")
-        return done, tuple(failed), tuple(seen)
+                read_back.append(f"{probe}={value.rstrip(bytes(1)).decode(errors='replace')}")
+        return done, tuple(failed), tuple(read_back), frozenset(visited)
 
-    def simulate(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...]]:
-        return 0, (), ()
+    def simulate(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...],
+                                             frozenset[tuple[int, int]]]:
+        return 0, (), (), frozenset()
 
 
 class Selinux(Stage):
@@ -238,12 +258,29 @@ class Selinux(Stage):
                 sys.apply(WriteKernelFile(f"{SELINUXFS}/enforce", b"1" if wanted else b"0"))
             except OSError as err:
                 failed(f"cannot set the SELinux mode: {err.strerror}", "see dmesg")
+        domain = self._enter_domain(ctx, data, failed)
         files = self._label_initramfs(ctx, data, failed)
         nodes = self._relabel(ctx, data, failed)
         mode = {True: "enforcing", False: "permissive", None: "the kernel's mode"}[wanted]
         ctx.log(f"SELinux policy {policy} loaded in {loaded - start:.3f} s ({mode}); "
                 f"{files} initramfs files and {nodes} files under {', '.join(RELABEL_TOPS)} "
-                f"labelled in {sys.monotonic() - loaded:.3f} s")
+                f"labelled in {sys.monotonic() - loaded:.3f} s; PID 1 in {domain}")
+
+    def _enter_domain(self, ctx: BootContext, data: JSON, failed: Failed) -> str:
+        """Move PID 1 into initium_t; the domain it ends up in, for the log."""
+        domain = data.get("domain")
+        if not domain:
+            ctx.debug("the image's policy has no initium_t (policy/initium.te is not linked "
+                      "in): PID 1 stays in kernel_t")
+            return "kernel_t"
+        try:
+            ctx.sys.apply(WriteKernelFile(CURRENT, str(domain).encode()))
+        except OSError as err:
+            failed(f"PID 1 cannot enter its domain {domain}: {err.strerror}",
+                   "the policy must let kernel_t dyntransition to initium_t "
+                   "(policy/initium.te); see dmesg for the denial")
+            return "kernel_t"
+        return str(domain).split(":")[2]
 
     def _label_initramfs(self, ctx: BootContext, data: JSON, failed: Failed) -> int:
         path = data.get("labels")
@@ -274,14 +311,32 @@ class Selinux(Stage):
         if not rules:
             return 0
         try:
-            done, problems, seen = ctx.sys.apply(Relabel(RELABEL_TOPS, rules))
+            done, problems, read_back, visited = ctx.sys.apply(Relabel(RELABEL_TOPS, rules))
         except (OSError, ValueError, EOFError, TypeError) as err:
             failed(f"cannot relabel {', '.join(RELABEL_TOPS)}: {err}", "rebuild the image")
             return 0
         if problems:
             failed(f"{len(problems)} files under {', '.join(RELABEL_TOPS)} could not be "
                    f"labelled ({'; '.join(problems[:3])})", "see dmesg")
-        if seen:
-            ctx.log(f"labels now: {', '.join(seen)}")
+        if read_back:
+            ctx.log(f"labels now: {', '.join(read_back)}")
+
+        def label_new_nodes(ctx: BootContext) -> None:
+            """The disks, mappings and other nodes the later stages made appear."""
+            start = ctx.sys.monotonic()
+            try:
+                done, problems, _, _ = ctx.sys.apply(
+                    Relabel(("/dev",), rules, probes=(), seen=visited))
+            except (OSError, ValueError, EOFError, TypeError) as err:
+                failed(f"cannot label the nodes made under /dev since the policy load: {err}",
+                       "rebuild the image")
+                return
+            if problems:
+                failed(f"{len(problems)} nodes made under /dev since the policy load could "
+                       f"not be labelled ({'; '.join(problems[:3])})", "see dmesg")
+            ctx.log(f"{done} nodes made under /dev since the policy load labelled in "
+                    f"{ctx.sys.monotonic() - start:.3f} s")
+
+        ctx.at_switch_root("label the nodes made since the policy load", label_new_nodes)
         return int(done)
 

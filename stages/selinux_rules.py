@@ -269,10 +269,8 @@ def _closure(nfa: tuple[tuple[int, Any, int], ...], start: list[int]) -> set[int
     return seen
 
 
-def matches(compiled: NFA, text: str) -> bool:
-    """Whether ``text`` matches the whole expression (``^…$``)."""
-    start, nfa = compiled
-    current = _closure(nfa, [start])
+def _step(nfa: tuple[tuple[int, Any, int], ...], current: set[int], text: str) -> set[int]:
+    """The states after reading ``text`` from ``current`` (empty: no match possible)."""
     for c in text:
         nxt = []
         for s in current:
@@ -280,8 +278,15 @@ def matches(compiled: NFA, text: str) -> bool:
             if (kind == CHAR and _in_set(a, c)) or (kind == ANY and c != "\n"):
                 nxt.append(b)
         if not nxt:
-            return False
+            return set()
         current = _closure(nfa, nxt)
+    return current
+
+
+def matches(compiled: NFA, text: str) -> bool:
+    """Whether ``text`` matches the whole expression (``^…$``)."""
+    start, nfa = compiled
+    current = _step(nfa, _closure(nfa, [start]), text)
     return any(nfa[s][0] == MATCH for s in current)
 
 
@@ -289,31 +294,62 @@ class Rules:
     """The compiled entries for one set of directories, as the builder stored them.
 
     ``exact``: path -> ((type, context), …) in file order; ``specs``: (literal
-    prefix, type, context, nfa) in libselinux's order.  A context of None
-    stands for ``<<none>>``.
+    prefix, type, context, nfa) in libselinux's order; ``subs``: (alias,
+    original) from file_contexts.subs*, applied to the path first.  A
+    context of None stands for ``<<none>>``.
     """
 
-    def __init__(self, exact: dict[str, Any], specs: list[Any]) -> None:
+    def __init__(self, exact: dict[str, Any], specs: list[Any],
+                 subs: list[tuple[str, str]] | None = None) -> None:
         self.exact = exact
         self.specs = specs
+        self.subs = subs or []
+        # Entries by literal prefix, so a lookup tries only the entries whose
+        # prefix the path starts with (a dozen of Debian's 640, found with one
+        # dict probe per character of the path), newest first.
+        self._by_prefix: dict[str, list[int]] = {}
+        for i in range(len(specs) - 1, -1, -1):
+            self._by_prefix.setdefault(specs[i][0], []).append(i)
+        # Per entry, the NFA states once its literal prefix is read: every
+        # path it is tried on starts with that prefix.
+        self._after_prefix: dict[int, set[int]] = {}
 
     @classmethod
     def from_data(cls, data: Any) -> Rules:
         if not (isinstance(data, dict) and isinstance(data.get("exact"), dict)
                 and isinstance(data.get("specs"), list)):
             raise ValueError("not a rules table")
-        return cls(data["exact"], data["specs"])
+        subs = data.get("subs", [])
+        if not (isinstance(subs, list) and all(
+                isinstance(p, tuple) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                for p in subs)):
+            raise ValueError("not a rules table (subs)")
+        return cls(data["exact"], data["specs"], subs)
 
     def lookup(self, path: str, mode: int) -> tuple[bool, str | None]:
         """(found, context) for ``path`` of type ``mode``; context None: <<none>>."""
         kind = TYPE_OF_MODE.get(mode & 0o170000, "")
+        for alias, original in self.subs:  # libselinux: the first alias that applies
+            if path == alias or path.startswith(alias + "/"):
+                path = original + path[len(alias):]
+                break
         for ftype, context in reversed(self.exact.get(path, ())):
             if not ftype or ftype == kind:
                 return True, context
-        for i in reversed(self.specs):
-            prefix, ftype, context, nfa = i
+        candidates: list[int] = []
+        for end in range(len(path) + 1):
+            found = self._by_prefix.get(path[:end])
+            if found:
+                candidates += found
+        candidates.sort(reverse=True)
+        for i in candidates:
+            prefix, ftype, context, (start, nfa) = self.specs[i]
             if ftype and ftype != kind:
                 continue
-            if path.startswith(prefix) and matches(nfa, path):
+            current = self._after_prefix.get(i)
+            if current is None:
+                current = self._after_prefix[i] = _step(nfa, _closure(nfa, [start]), prefix)
+            final = _step(nfa, current, path[len(prefix):]) if current else current
+            if any(nfa[s][0] == MATCH for s in final):
                 return True, context
         return False, None

@@ -20,9 +20,10 @@ from initium.storage.crypt import CRYPTTAB, Crypt, CryptError, parse_crypttab
 from initium.storage.loop import Assembly, Handler
 from initium.storage.lvm import Lvm
 from initium.storage.md import CONFIG, CONFIG_PATH, Md
-from initium.storage.verity import Verity
+from initium.storage.udev import Udev
+from initium.storage.verity import DEFAULT_POLICY, Verity, VerityError, parse_verity
 
-KINDS = ("luks", "lvm", "md", "verity")
+KINDS = ("luks", "lvm", "md", "verity", "udev")
 # Per kind: the tool (host path, then the name used at boot), required modules, optional ones.
 TOOLS = {"luks": "cryptsetup", "lvm": "lvm", "md": "mdadm", "verity": "veritysetup"}
 MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -54,6 +55,11 @@ def _one(value: str) -> tuple[str, ...]:
 def _text(value: str) -> str:
     if not value:
         raise ValueError("empty value")
+    return value
+
+
+def _raw(value: str) -> str:
+    """Kept as given, even empty: the stage checks it and fails closed (a security option)."""
     return value
 
 
@@ -106,7 +112,7 @@ MD_TIMEOUT = _opt("rd.md.timeout", "md_timeout", "Seconds after the first member
                   metavar="N", default=10.0)
 ROOTHASH = _opt("roothash", "roothash", "dm-verity root hash (hex) of the root: the root "
                 "becomes /dev/mapper/root, checked against it; a mismatch stops the boot.",
-                "systemd: roothash=", _text, metavar="HEX")
+                "systemd: roothash=", _raw, flag="", metavar="HEX")
 VERITY_DATA = _opt("systemd.verity_root_data", "verity_data", "The data device of the "
                    "verity root (a path, UUID=, LABEL=, PARTUUID=, PARTLABEL=).",
                    "systemd: systemd.verity_root_data=", _text, metavar="DEVICE")
@@ -115,9 +121,23 @@ VERITY_HASH = _opt("systemd.verity_root_hash", "verity_hash", "The hash-tree dev
                    metavar="DEVICE")
 VERITY_OPTIONS = _opt("systemd.verity_root_options", "verity_options", "veritytab options: "
                       "ignore-corruption, restart-on-corruption, panic-on-corruption, "
-                      "ignore-zero-blocks, check-at-most-once. Default: a corrupted block "
-                      "reads as an I/O error.", "systemd: systemd.verity_root_options=",
+                      "ignore-zero-blocks, check-at-most-once (and initium's io-error). The "
+                      "corruption policy defaults to the image's verity_corruption "
+                      "(io-error: a corrupted block reads as an I/O error).",
+                      "systemd: systemd.verity_root_options=",
                       _words, metavar="OPTS", default=())
+
+
+
+
+INITIUM_VERITY = _opt("initium.verity", "verity", "The verity root in one option: data "
+                      "device, hash-tree device, root hash (hex) and veritytab options, comma "
+                      "separated. Same meaning as roothash= with systemd.verity_root_data=, "
+                      "_hash= and _options=; give one form, not both. A corruption policy "
+                      "word (io-error, ignore-corruption, restart-on-corruption, "
+                      "panic-on-corruption) overrides the image's verity_corruption.",
+                      "systemd: roothash= + systemd.verity_root_*=, veritytab(5)", _raw,
+                      flag="", metavar="DATA,HASH,ROOTHASH[,OPTION…]")
 
 
 def find_tool(name: str) -> str:
@@ -135,14 +155,22 @@ class Storage(Stage):
     after = ("modules", "console")
     before = ("root",)
     options = (LUKS, LUKS_UUID, LUKS_NAME, LUKS_KEY, LUKS_OPTIONS, LVM, LVM_VG, LVM_LV, MD,
-               MD_UUID, MD_TIMEOUT, ROOTHASH, VERITY_DATA, VERITY_HASH, VERITY_OPTIONS)
+               MD_UUID, MD_TIMEOUT, ROOTHASH, VERITY_DATA, VERITY_HASH, VERITY_OPTIONS,
+               INITIUM_VERITY)
 
     def install(self, image: Image) -> JSON:
         kinds = [k for k in KINDS if k in image.option("storage")]
         tools: dict[str, str] = {}
         required: list[str] = []
         optional: list[str] = []
+        udev: JSON = {}
+        if "udev" in kinds:
+            from initium.packaging.udev import install_udev
+
+            udev = install_udev(image, kinds)
         for kind in kinds:
+            if kind == "udev":
+                continue
             host = find_tool(TOOLS[kind])
             image.add_binary(host)
             tools[kind] = host
@@ -152,12 +180,24 @@ class Storage(Stage):
                 image.add_file(CONFIG_PATH, CONFIG)
         modules = image.add_modules(list(dict.fromkeys(required)),
                                     [m for m in dict.fromkeys(optional) if m not in required])
-        return {"kinds": kinds, "tools": tools, "modules": modules}
+        data: JSON = {"kinds": kinds, "tools": tools, "modules": modules}
+        if "verity" in kinds:
+            data["verity_corruption"] = image.option("verity_corruption")
+        if udev:
+            data["udev"] = udev
+        return data
 
     def handlers(self, ctx: BootContext) -> tuple[Handler, ...]:
         data = ctx.data()
         tools: dict[str, str] = data.get("tools", {})
         found: list[Handler] = []
+        udev = data.get("udev")
+        if udev:
+            # A retry after the emergency shell keeps the udevd the first try started.
+            previous = ctx.state.get(Assembly)
+            running = [h for h in previous.handlers if isinstance(h, Udev) and h.daemon] \
+                if previous is not None else []
+            found.append(running[0] if running else Udev(ctx, udev["udevd"], udev["udevadm"]))
         if "md" in tools:
             found.append(Md(ctx, tools["md"], enabled=ctx.value(MD),
                             uuids=ctx.value(MD_UUID), timeout=ctx.value(MD_TIMEOUT)))
@@ -175,16 +215,35 @@ class Storage(Stage):
         if "lvm" in tools:
             found.append(Lvm(ctx, tools["lvm"], enabled=ctx.value(LVM),
                              vgs=ctx.value(LVM_VG), lvs=ctx.value(LVM_LV)))
-        roothash = ctx.value(ROOTHASH)
-        if roothash is not None:
-            if "verity" not in tools:
-                raise StageError("roothash= is given but this image has no dm-verity support",
-                                 "rebuild the image with initium build --storage verity",
-                                 security=True)
-            found.append(Verity(ctx, tools["verity"], roothash=roothash,
-                                data=ctx.value(VERITY_DATA), hash_device=ctx.value(VERITY_HASH),
-                                options=ctx.value(VERITY_OPTIONS)))
-        return tuple(found)
+        verity = self.verity(ctx, tools.get("verity"), data.get("verity_corruption"))
+        return (*found, verity) if verity is not None else tuple(found)
+
+    @staticmethod
+    def verity(ctx: BootContext, tool: str | None, policy: str | None) -> Verity | None:
+        """The verity handler from roothash= (systemd's options) or initium.verity= (ours)."""
+        roothash, ours = ctx.value(ROOTHASH), ctx.value(INITIUM_VERITY)
+        if roothash is None and ours is None:
+            return None
+        key = "roothash=" if ours is None else "initium.verity="
+        if tool is None:
+            raise StageError(f"{key} is given but this image has no dm-verity support",
+                             "rebuild the image with initium build --storage verity",
+                             security=True)
+        policy = policy or DEFAULT_POLICY
+        if ours is None:
+            return Verity(ctx, tool, roothash=roothash, data=ctx.value(VERITY_DATA),
+                          hash_device=ctx.value(VERITY_HASH), options=ctx.value(VERITY_OPTIONS),
+                          policy=policy)
+        if roothash is not None or ctx.value(VERITY_DATA) or ctx.value(VERITY_HASH):
+            raise StageError("both initium.verity= and roothash=/systemd.verity_root_* name "
+                             "the verity root", "give one of the two forms", security=True)
+        try:
+            spec = parse_verity(ours)
+        except VerityError as err:
+            raise StageError(str(err), "fix initium.verity=", security=True) from None
+        return Verity(ctx, tool, roothash=spec.roothash, data=spec.data,
+                      hash_device=spec.hash, options=spec.options, policy=policy,
+                      source="initium.verity=")
 
     def run(self, ctx: BootContext) -> None:
         load_modules(ctx, ctx.data().get("modules", []))
@@ -192,14 +251,17 @@ class Storage(Stage):
             if not ctx.sys.exists(directory):
                 ctx.sys.apply(ops.MakeDir(directory, 0o700))
         loop = Assembly(ctx, self.handlers(ctx))
-        if ctx.value(ROOTHASH) is not None:
+        for handler in loop.handlers:
+            if isinstance(handler, Udev) and handler.daemon is None:
+                handler.start()  # before the first turn: coldplug, then udev's view each turn
+        if ctx.value(ROOTHASH) is not None or ctx.value(INITIUM_VERITY) is not None:
             loop.default_root = "/dev/mapper/root"
         ctx.state.put(loop)
         text = ctx.options.root or loop.default_root
         spec = None
         if text is not None:
             try:
-                spec = parse_root_spec(text, device_mapper=True)
+                spec = parse_root_spec(text, device_mapper=True, udev=loop.has("udev"))
             except RootSpecError:
                 spec = None  # root says so, with its own message
         loop.wait(spec, wait_budget(ctx.options))

@@ -167,6 +167,7 @@ class Crypt(Handler):
             self.options[uuid] = tuple(o for o in text.split(",") if o)
         self.crypttab = crypttab or []
         self.opened: dict[str, str] = {}  # uuid -> mapped name
+        self.needs: list[str] = []  # the key each volume asked for, in words (the dry run's)
 
     def _tab_entry(self, loop: Assembly, entry: Entry) -> TabEntry | None:
         for tab in self.crypttab:
@@ -212,6 +213,8 @@ class Crypt(Handler):
         holder = loop.find(spec)
         if holder is None or holder.fs is None:
             return None  # not there yet: offered again next turn, and missing() says why
+        self.needs.append(f"{volume.path} (LUKS UUID={printable(volume.uuid)}): key file "
+                          f"{key.path} on the key device {holder.path}")
         mount = ops.Mount(holder.path, KEYDEV_MOUNT, holder.fs.fstype, linux.MS_RDONLY |
                           linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC, "",
                           ("ro", "nosuid", "nodev", "noexec"))
@@ -239,10 +242,14 @@ class Crypt(Handler):
                                  f"{keyfile}", security=True)
             argv += ["--key-file", keyfile, path, name]
             spawn = ops.Spawn(tuple(argv), 60.0)
+            if not keyfile.startswith(KEYDEV_MOUNT + "/"):
+                self.needs.append(f"{what}: key file {keyfile} in the image")
         else:
             count = volume.tries or DEFAULT_TRIES
             argv += ["--tries", str(count), path, name]
             self.ctx.log(f"asking for the passphrase of {what} on the console ({count} tries)")
+            self.needs.append(f"{what}: no key file, so a passphrase would be asked on the "
+                              f"console ({count} tries)")
             spawn = ops.Spawn(tuple(argv), PASSPHRASE_TIMEOUT, console=True)
         try:
             status = self.ctx.sys.spawn(spawn)

@@ -82,6 +82,10 @@ class Handler:
     def missing(self, loop: Assembly) -> list[str]:
         return []
 
+    def aliases(self, device: BlockDevice) -> tuple[str, ...]:
+        """Other /dev paths this handler knows for ``device`` (udev's links)."""
+        return ()
+
 
 def _classify(device: BlockDevice, handlers: dict[str, Handler]) -> str:
     if device.error is not None:
@@ -158,7 +162,15 @@ class Assembly:
         for device in devices:
             if device.matches(spec, devices):
                 return device
+        if spec.kind == "path":
+            for device in devices:
+                if any(spec.value in h.aliases(device) for h in self.handlers):
+                    return device
         return None
+
+    def has(self, name: str) -> bool:
+        """Whether the handler ``name`` (udev, crypt …) is in this boot's loop."""
+        return any(h.name == name for h in self.handlers)
 
     def entry_for(self, spec: RootSpec) -> Entry | None:
         """The registry entry a device spec names (hidden ones too: handlers use this)."""
@@ -194,7 +206,8 @@ class Assembly:
                 wanted = ([str(spec)] if spec is not None and device is None else []) + missing
                 self.ctx.log(f"waiting for {', '.join(wanted)} ({bound})")
                 announced = True
-            self.ctx.sys.sleep(min(POLL_INTERVAL, max(budget - waited, 0.0)))
+            # at least 1 ms: a remainder of 1e-16 s would not move a clock at 2 s
+            self.ctx.sys.sleep(min(POLL_INTERVAL, max(budget - waited, 1e-3)))
 
     def _timeout(self, spec: RootSpec | None, device: BlockDevice | None, missing: list[str],
                  waited: float) -> StageError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import stat
 import time
 from pathlib import Path
@@ -21,12 +22,15 @@ from initium.plan import PLAN_PATH, Plan, StageEntry
 from initium.stages import DEFAULT_STAGES
 
 
-def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = None) -> str:
+def _image(tmp_path: Path, kver: str, modules: list[dict[str, str]] | None = None,
+           storage: dict[str, object] | None = None) -> str:
     entries = []
     for ref in DEFAULT_STAGES:
         module, _, cls = ref.partition(":")
         name = getattr(importlib.import_module(module), cls).name
         data = {"modules": modules or []} if name == "modules" else {}
+        if name == "root" and storage is not None:
+            entries.append(StageEntry("storage", "initium.stages.storage:Storage", storage))
         entries.append(StageEntry(name, ref, data))
     plan = Plan(kver, tuple(entries))
     path = tmp_path / "plan-only.img"
@@ -71,6 +75,27 @@ def test_this_host_would_boot(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "[switch-root] mount --move /dev /sysroot/dev" in out
     assert "[switch-root] exec /bin/sh" in out
     assert out.rstrip().endswith("result: this host would boot")
+
+
+@pytest.mark.usefixtures("needs_root")
+def test_the_dry_run_explains_how_it_would_assemble_this_hosts_root(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With every storage handler in the plan: the devices, the handlers, the root's stack."""
+    device, fstype = _host_root_device()
+    tools = {"luks": "/usr/sbin/cryptsetup", "lvm": "/usr/sbin/lvm", "md": "/usr/sbin/mdadm"}
+    image = _image(tmp_path, os.uname().release,
+                   storage={"kinds": sorted(tools), "tools": tools, "modules": []})
+    code, out = _dry_run(capsys, "--image", image, "--cmdline",
+                         f"root={device} rootfstype={fstype} init=/bin/sh")
+    name = device.removeprefix("/dev/")
+    assert "initium: root: storage handlers in this image: md, crypt, lvm" in out, out
+    assert re.search(rf"^initium: root: device {name} \(", out, re.MULTILINE), out
+    if name.startswith(("dm-", "md")):  # a stacked root: assembled, or refused with its member
+        assert (f"the root {device} would be assembled: {name} on " in out
+                or f"the root {device} sits on " in out), out
+    else:
+        assert f"initium: root: the root {device} would be assembled: {name}\n" in out, out
+        assert code == 0 and out.rstrip().endswith("result: this host would boot"), out
 
 
 @pytest.mark.usefixtures("needs_root")

@@ -84,9 +84,14 @@ def test_plan_and_files(tmp_path: Path, cert: Path) -> None:
     assert plan_data(config) == {
         "policy": POLICY_PATH, "ima_keys": [f"{IMA_KEYS_DIR}/00-ima_cert.der"],
         "evm_keys": [f"{EVM_KEYS_DIR}/00-ima_cert.der"], "evm_mode": 0x80000002,
-        "required": True}
+        "required": True, "evm_covers_labels": False}
     assert plan_data(BuildConfig()) == {"policy": None, "ima_keys": [], "evm_keys": [],
-                                        "evm_mode": None, "required": False}
+                                        "evm_mode": None, "required": False,
+                                        "evm_covers_labels": False}
+    signed = BuildConfig(evm_sign_key=str(cert), selinux_policy=str(tmp_path))
+    assert plan_data(signed)["evm_covers_labels"] is True
+    assert plan_data(BuildConfig(evm_sign_key=str(cert), selinux_policy="none")) \
+        == {**plan_data(BuildConfig()), "evm_covers_labels": False}
     with pytest.raises(ImaBuildError, match="no --evm-cert"):
         plan_data(replace(config, evm_certs=()))
     with pytest.raises(ImaBuildError, match="--ima-cert /nonexistent: No such file"):

@@ -64,8 +64,9 @@ def machine(keys: str = KEYS_PLAIN, *, refuse: dict[type[ops.Op], list[int]] | N
     def on_apply(_: MemorySystem, op: ops.Op) -> None:
         codes = errors.get(type(op))
         if codes:
-            code = codes.pop(0)
-            raise OSError(code, os.strerror(code), type(op).__name__)
+            code = codes.pop(0)  # 0: this one succeeds
+            if code:
+                raise OSError(code, os.strerror(code), type(op).__name__)
 
     return MemorySystem(files=files, on_apply=on_apply)
 
@@ -130,6 +131,35 @@ def test_evm_keys_then_policy_then_evm_mode() -> None:
     assert "EVM enabled (0x80000002 = EVM_INIT_X509|EVM_SETUP_COMPLETE)" in "".join(out)
 
 
+def test_evm_off_without_its_key_unless_required() -> None:
+    """A refused EVM key: EVM stays off (it would fail every appraised file), a warning."""
+    sys = machine(refuse={AddKey: [0, errno.EBADMSG]})
+    out: list[str] = []
+    Ima().run(context(sys, data={**DATA, "evm_keys": [EVM_KEY], "evm_mode": 0x80000002},
+                      out=out))
+    assert not any(isinstance(op, EnableEvm) for op in sys.applied)
+    assert "1 of 1 keys into _ima; 0 of 1 keys into _evm" in "".join(out)
+    assert "EVM not enabled (0x80000002 = EVM_INIT_X509|EVM_SETUP_COMPLETE): no key is in " \
+           "the .evm/_evm keyring" in "".join(out)
+
+
+def test_evm_over_selinux_labels_needs_selinux_active() -> None:
+    """Signatures that cover labels verify nowhere without SELinux: EVM stays off."""
+    data: dict[str, object] = {**DATA, "evm_keys": [EVM_KEY], "evm_mode": 0x80000002,
+                               "evm_covers_labels": True}
+    sys = machine(KEYS_TRUSTED)
+    out: list[str] = []
+    Ima().run(context(sys, data=data, out=out))
+    assert not any(isinstance(op, EnableEvm) for op in sys.applied)
+    assert "cover SELinux labels, and SELinux is not active" in "".join(out)
+    with pytest.raises(StageError, match="SELinux is not active"):
+        Ima().run(context(machine(KEYS_TRUSTED), data={**data, "required": True}))
+    sys = machine(KEYS_TRUSTED)
+    sys.files["/sys/fs/selinux/enforce"] = b"0"
+    Ima().run(context(sys, data=data))
+    assert sys.applied[-1] == EnableEvm(0x80000002)
+
+
 def test_nothing_to_do_without_ima_data() -> None:
     sys = machine()
     Ima().run(context(sys, data={"policy": None, "ima_keys": [], "evm_keys": [],
@@ -158,9 +188,15 @@ REQUIRED: dict[str, object] = {**DATA, "required": True}
      "the kernel requires a signed IMA policy and refused /etc/initium/ima/policy"),
     (machine(policy_file=False), REQUIRED, "the kernel takes no IMA policy now"),
     (machine(ima=False), REQUIRED, "the kernel has no IMA"),
-    (machine(refuse={EnableEvm: [errno.EPERM]}), {**REQUIRED, "evm_mode": 2},
+    (machine(refuse={EnableEvm: [errno.EPERM]}), {**REQUIRED, "evm_mode": 2,
+                                                   "evm_keys": [EVM_KEY]},
      "the kernel refused EVM mode 0x2 = EVM_INIT_X509: Operation not permitted"),
     (machine(evm=False), {**REQUIRED, "evm_mode": 2}, "the kernel has no EVM"),
+    (machine(), {**REQUIRED, "evm_mode": 2}, "EVM not enabled (0x2 = EVM_INIT_X509): no key "
+     "is in the .evm/_evm keyring"),
+    (machine(refuse={AddKey: [0, errno.EBADMSG]}), {**REQUIRED, "evm_mode": 2,
+                                                    "evm_keys": [EVM_KEY]},
+     "refused key /etc/initium/evm/keys/00-test.der for _evm: it cannot use it as an X.509"),
 ])
 def test_required_ima_fails_closed(sys: MemorySystem, data: dict[str, object],
                                    cause: str) -> None:
@@ -229,9 +265,12 @@ def test_policy_write_errors_name_the_line(tmp_path: Path) -> None:
 
 
 def test_evm_mode_written_in_hex(tmp_path: Path) -> None:
+    # evm_secfs.c (6.1) reads the mask with kstrtouint(): hex is taken, and the
+    # signed form (-2147483646) was refused with EINVAL in a VM boot.
     target = tmp_path / "evm"
     target.write_bytes(b"")
     EnableEvm(0x80000002, target=str(target)).perform(MemorySystem())
     assert target.read_bytes() == b"0x80000002"
+    assert "echo 0x80000002 > /sys/kernel/security/evm" in EnableEvm(0x80000002).describe()
     assert evm_bits(6) == "0x6 = EVM_INIT_X509|EVM_ALLOW_METADATA_WRITES"
     assert "EVM_SETUP_COMPLETE" in EnableEvm(0x80000000).describe()

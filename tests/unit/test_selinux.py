@@ -72,6 +72,58 @@ def test_loads_sets_the_mode_and_labels() -> None:
     assert "loaded in 0.000 s (enforcing); 1 initramfs files" in "".join(out)
 
 
+DOMAIN = "system_u:system_r:initium_t:s0"
+
+
+def test_pid_1_enters_its_domain_after_the_mode_and_before_labelling() -> None:
+    sys = machine()
+    out: list[str] = []
+    Selinux().run(context(sys, "enforcing=1", data={**DATA, "domain": DOMAIN}, out=out))
+    assert kinds(sys) == ["Mount", "LoadPolicy", "WriteKernelFile", "WriteKernelFile",
+                          "SetXattr", "Relabel"]
+    assert sys.applied[3] == WriteKernelFile("/proc/self/attr/current", DOMAIN.encode())
+    assert "PID 1 in initium_t" in "".join(out)
+
+
+def test_a_refused_domain_fails_closed_when_enforcing() -> None:
+    def refuse(_: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, WriteKernelFile) and op.path == "/proc/self/attr/current":
+            raise OSError(errno.EACCES, "Permission denied", op.path)
+
+    sys = machine()
+    sys.on_apply = refuse
+    with pytest.raises(StageError) as caught:
+        Selinux().run(context(sys, "enforcing=1", data={**DATA, "domain": DOMAIN}))
+    assert "cannot enter its domain" in caught.value.cause and caught.value.security
+    out: list[str] = []
+    Selinux().run(context(sys, "enforcing=0", data={**DATA, "domain": DOMAIN}, out=out))
+    assert "cannot enter its domain" in "".join(out) and "PID 1 in kernel_t" in "".join(out)
+
+
+def test_nodes_made_after_the_load_are_labelled_at_switch_root() -> None:
+    visited = frozenset({(5, 1), (5, 2)})
+    sys = machine()
+    ctx = context(sys, "enforcing=1")
+    # The walks' replies, first pass then second, as the kernel would give them.
+    replies = iter([(7, (), ("/dev/null=x",), visited), (2, (), (), frozenset())])
+    original = sys.apply
+
+    def apply(op: ops.Op) -> object:
+        result = original(op)
+        return next(replies) if isinstance(op, Relabel) else result
+
+    sys.apply = apply  # type: ignore[method-assign]
+    out: list[str] = []
+    ctx.console = Console(out.append)
+    Selinux().run(ctx)
+    assert [t.name for t in ctx.teardowns] == ["label the nodes made since the policy load"]
+    ctx.run_teardowns()
+    relabels = [op for op in sys.applied if isinstance(op, Relabel)]
+    assert relabels[0].seen == frozenset() and relabels[0].tops == ("/dev", "/run")
+    assert relabels[1] == Relabel(("/dev",), DATA["rules"], probes=(), seen=visited)
+    assert "2 nodes made under /dev since the policy load labelled" in "".join(out)
+
+
 def test_mode_from_the_image_when_the_command_line_says_nothing() -> None:
     sys = machine()
     Selinux().run(context(sys, data={**DATA, "mode": "permissive"}))
@@ -219,3 +271,47 @@ def test_debian_policy_compiles_for_boot() -> None:
         spec = labeller.lookup(path, mode)
         assert rules.lookup(path, mode) == (spec is not None, spec.context if spec else None)
     assert rules.lookup("/dev/null", stat.S_IFCHR)[1] == "system_u:object_r:null_device_t:s0"
+    # Every node this machine has, and names made up from the policy's own
+    # literal prefixes: the indexed lookup answers as libselinux's order.
+    paths = [(p, m) for p, m in _tree("/dev") + _tree("/run")][:3000]
+    paths += [(spec.regex.split("(")[0].split("[")[0].rstrip("\\.?*+") + tail, mode)
+              for spec in labeller.specs if spec.regex.startswith(("/dev", "/run"))
+              for tail, mode in (("", stat.S_IFCHR), ("0", stat.S_IFBLK), ("/x", stat.S_IFDIR))]
+    assert len(paths) > 500
+    for path, mode in paths:
+        spec = labeller.lookup(path, mode)
+        assert rules.lookup(path, mode) == (spec is not None, spec.context if spec else None), path
+
+
+def _tree(top: str) -> list[tuple[str, int]]:
+    found = []
+    for folder, dirs, files in os.walk(top):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            try:
+                found.append((path, os.lstat(path).st_mode))
+            except OSError:
+                continue
+    return found
+
+
+def _type_record(name: bytes, value: int) -> bytes:
+    """A type as policy version 24+ stores it: length, value, properties, bounds, name."""
+    return b"".join(n.to_bytes(4, "little") for n in (len(name), value, 1, 0)) + name
+
+
+def test_the_domain_only_when_the_policy_declares_initium_t(tmp_path: object) -> None:
+    from initium.packaging.selinux import defines_type, domain_context
+
+    with_it = b"junk" + _type_record(b"kernel_t", 3) + _type_record(b"initium_t", 9)
+    longer = b"junk" + _type_record(b"initium_tmp_t", 9)
+    assert defines_type(with_it, "initium_t")
+    assert not defines_type(longer, "initium_t")
+    assert not defines_type(b"initium_t" * 4, "initium_t")  # no length word before it
+    directory = str(tmp_path)
+    assert domain_context(directory, longer) is None
+    assert domain_context(directory, with_it) == "system_u:system_r:initium_t:s0"
+    os.makedirs(os.path.join(directory, "contexts"))
+    with open(os.path.join(directory, "contexts", "initrc_context"), "w") as f:
+        f.write("system_u:system_r:initrc_t:s0-s15:c0.c1023\n")
+    assert domain_context(directory, with_it) == "system_u:system_r:initium_t:s0-s15:c0.c1023"

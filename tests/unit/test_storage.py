@@ -156,11 +156,13 @@ def luks_header(uuid: str = LUKS_UUID) -> bytes:
 
 
 def storage_machine(cmdline: str, disks: dict[str, bytes], tools: dict[str, str],
-                    inner: bytes | None = None) -> tuple[object, list[tuple[str, ...]]]:
+                    inner: bytes | None = None, data: dict[str, object] | None = None,
+                    ) -> tuple[object, list[tuple[str, ...]]]:
     from initium.plan import Plan, StageEntry
 
     m = root_machine(cmdline, disks)
-    m.plan = m.ctx.plan = Plan("6.1.0-test", (StageEntry("storage", "x:y", {"tools": tools}),))
+    m.plan = m.ctx.plan = Plan("6.1.0-test", (StageEntry("storage", "x:y",
+                                                          {"tools": tools, **(data or {})}),))
     from initium.stages.storage import Storage
 
     m.ctx.stage_options = Storage.options
@@ -290,3 +292,117 @@ def test_verity_needs_its_devices_and_a_hex_hash() -> None:
     m, _ = storage_machine("roothash=" + "ab" * 32, {}, {})
     with pytest.raises(StageError, match="no dm-verity support"):
         Storage().run(m.ctx)  # type: ignore[attr-defined]
+
+
+# --------------------------------------------------------------------------
+# verity: initium.verity= and the corruption policy
+
+ROOTHASH = "0f" * 32
+VERITYSETUP = "/usr/sbin/veritysetup"
+
+
+def verity_machine(cmdline: str, root_image: bytes, policy: str | None = None,
+                   ) -> tuple[object, list[tuple[str, ...]]]:
+    """vda the data, vdb the hash tree; veritysetup open makes dm-0 named root."""
+    data: dict[str, object] = {} if policy is None else {"verity_corruption": policy}
+    m, spawned = storage_machine(cmdline, {"vda": root_image, "vdb": bytes(4096)},
+                                 {"verity": VERITYSETUP}, data=data)
+
+    def tool(sys: MemorySystem, op: ops.Op) -> None:
+        if isinstance(op, ops.Spawn):
+            spawned.append(op.argv)
+            sys.files.update(disk("dm-0", root_image, 99))
+            sys.files["/sys/block/dm-0/dm/name"] = b"root\n"
+
+    m.sys.on_apply = tool  # type: ignore[attr-defined]
+    return m, spawned
+
+
+@pytest.mark.parametrize(("image_policy", "words", "flags", "said"), [
+    (None, "", (), "a corrupted block reads as an I/O error (io-error)"),
+    ("io-error", "", (), "(io-error)"),
+    ("restart-on-corruption", "", ("--restart-on-corruption",), "restarts the machine"),
+    ("panic-on-corruption", "", ("--panic-on-corruption",), "panics the kernel"),
+    # the command line's policy word wins over the image's, the last one over earlier ones
+    ("restart-on-corruption", ",io-error", (), "(io-error)"),
+    ("io-error", ",ignore-corruption,check-at-most-once,panic-on-corruption",
+     ("--panic-on-corruption", "--check-at-most-once"), "(panic-on-corruption)"),
+    ("io-error", ",ignore-corruption", ("--ignore-corruption",), "READ AS IT IS"),
+])
+def test_initium_verity_maps_the_root_with_the_corruption_policy(
+        images: dict[str, bytes], image_policy: str | None, words: str,  # noqa: F811
+        flags: tuple[str, ...], said: str) -> None:
+    from initium.stages.storage import Storage
+
+    m, spawned = verity_machine(f"initium.verity=/dev/vda,/dev/vdb,{ROOTHASH.upper()}{words}",
+                                images["root"], image_policy)
+    Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert spawned == [(VERITYSETUP, "open", *flags, "/dev/vda", "root", "/dev/vdb", ROOTHASH)]
+    assert said in m.text  # type: ignore[attr-defined]
+    assert ("READ AS IT IS" in m.text) == ("--ignore-corruption" in flags)  # type: ignore[attr-defined]
+    # No root=: the root is the mapping, never the unchecked data device.
+    Root().run(m.ctx)  # type: ignore[attr-defined]
+    assert m.ctx.state.root_device == "/dev/dm-0"  # type: ignore[attr-defined]
+
+
+def test_systemd_verity_options_override_the_image_policy_too(
+        images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, spawned = verity_machine(f"root=UUID={ROOT_UUID} roothash={ROOTHASH} "
+                                "systemd.verity_root_data=/dev/vda "
+                                "systemd.verity_root_hash=/dev/vdb "
+                                "systemd.verity_root_options=panic-on-corruption",
+                                images["root"], "restart-on-corruption")
+    Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert spawned == [(VERITYSETUP, "open", "--panic-on-corruption", "/dev/vda", "root",
+                        "/dev/vdb", ROOTHASH)]
+    Root().run(m.ctx)  # type: ignore[attr-defined]
+    assert m.ctx.state.root_device == "/dev/dm-0"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("cmdline", "cause"), [
+    # an empty value is not a typo to warn about and skip: it would boot the root unchecked
+    ("roothash", "roothash=: not a hex digest"),
+    ("roothash= systemd.verity_root_data=/dev/vda systemd.verity_root_hash=/dev/vdb",
+     "roothash=: not a hex digest"),
+    ("initium.verity", "expected DATA,HASH,ROOTHASH"),
+    ("initium.verity=/dev/vda,/dev/vdb", "expected DATA,HASH,ROOTHASH"),
+    ("initium.verity=/dev/vda,/dev/vdb,xyz", "the root hash is not a hex digest"),
+    ("initium.verity=ZFS=tank,/dev/vdb," + ROOTHASH, "data device"),
+    (f"initium.verity=/dev/vda,/dev/vdb,{ROOTHASH} roothash={ROOTHASH}",
+     "both initium.verity= and roothash="),
+    (f"initium.verity=/dev/vda,/dev/vdb,{ROOTHASH} systemd.verity_root_data=/dev/vda",
+     "both initium.verity= and roothash="),
+])
+def test_a_bad_verity_spec_stops_the_boot_as_a_security_failure(
+        images: dict[str, bytes], cmdline: str, cause: str) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, spawned = verity_machine(cmdline, images["root"])
+    with pytest.raises(StageError) as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert cause in info.value.cause and info.value.security
+    assert spawned == []
+
+
+def test_initium_verity_without_verity_in_the_image_refuses(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, _ = storage_machine(f"initium.verity=/dev/vda,/dev/vdb,{ROOTHASH}", {}, {})
+    with pytest.raises(StageError, match=r"initium\.verity= is given but this image has no "
+                       r"dm-verity support") as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert info.value.security
+
+
+def test_initium_verity_devices_missing_are_named_at_the_timeout(
+        images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
+    m, spawned = verity_machine(f"initium.verity=UUID={OTHER_UUID},/dev/vdb,{ROOTHASH} "
+                                "rd.timeout=1", images["root"])
+    with pytest.raises(StageError) as info:
+        Storage().run(m.ctx)  # type: ignore[attr-defined]
+    assert f"verity data device UUID={OTHER_UUID} (initium.verity=)" in info.value.cause
+    assert spawned == []

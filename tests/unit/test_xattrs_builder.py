@@ -15,9 +15,14 @@ from initium.packaging.config import BuildConfig, ConfigError, parse_config
 from initium.packaging.cpio import Entry, read_archive
 from initium.packaging.image import Component, _describe
 from initium.packaging.xattrs import (
+    EVM,
+    EVM_XATTRS,
+    IMA,
+    SELINUX,
     ImaSigner,
     XattrSourceError,
     attach_xattrs,
+    evm_portable_data,
     host_xattrs,
     ima_digest,
     key_id,
@@ -42,6 +47,29 @@ def test_signature_header() -> None:
     # EVM_IMA_XATTR_DIGSIG, version 2, sha256, key id, big-endian size 0x0100
     assert value[:9].hex() == "030204d281904c0100"
     assert value[9:] == b"\xaa" * 256
+
+
+def test_evm_portable_data_layout() -> None:
+    ima = ima_digest(HELLO)
+    label = b"system_u:object_r:bin_t:s0\0"
+    caps = b"\x01\x00\x00\x02" + b"\0" * 16
+    data = evm_portable_data({"security.capability": caps, IMA: ima, SELINUX: label,
+                              "user.other": b"not covered"}, stat.S_IFREG | 0o751)
+    # the kernel's order (selinux ... ima, capability), whatever order the dict has,
+    # then struct h_misc: ino 0 (8 bytes), generation 0, uid 0, gid 0, i_mode, 2 padding
+    assert data == label + ima + caps + bytes(20) + bytes.fromhex("e981") + bytes(2)
+    owned = evm_portable_data({IMA: ima}, 0o100644, uid=1000, gid=5)
+    assert owned[-12:] == bytes.fromhex("e8030000" "05000000" "a481" "0000")
+    assert EVM_XATTRS.index(SELINUX) < EVM_XATTRS.index("security.apparmor") < \
+        EVM_XATTRS.index(IMA) < EVM_XATTRS.index("security.capability")
+    assert EVM not in EVM_XATTRS
+    with pytest.raises(ValueError, match=r"needs security\.ima"):
+        evm_portable_data({SELINUX: label}, 0o100644)
+
+
+def test_evm_signature_header() -> None:
+    value = signature_v2(b"\xd2\x81\x90\x4c", "sha256", b"\xaa" * 256, kind=0x05)
+    assert value[:9].hex() == "050204d281904c0100"  # EVM_XATTR_PORTABLE_DIGSIG, v2
 
 
 # A 2048-bit RSA SubjectPublicKeyInfo header (30 82 01 22, algorithm id, 03 82 01 0f 00).
@@ -195,6 +223,46 @@ def parse_one(path: str, value: bytes) -> object:
     from initium.xattrlist import XattrRecord
 
     return XattrRecord(path, (("security.ima", value),))
+
+
+@needs_openssl
+def test_evm_signatures_in_the_lists_cover_ima_and_the_boot_label(rsa_key: Path) -> None:
+    """--evm-sign-key alone: digests for security.ima, then security.evm over them, the
+    label the selinux stage sets at boot (from the policy component's label list) and
+    the mode; directories and links get nothing."""
+    from initium.packaging.selinux import LABELS_PATH
+    from initium.xattrlist import XattrRecord, serialize
+
+    b = FakeBuilder(BuildConfig(evm_sign_key=str(rsa_key)))
+    b.put("core", "init", HELLO, mode=stat.S_IFREG | 0o755)
+    b.put("core", "usr", mode=stat.S_IFDIR | 0o755)
+    b.put("core", "bin", b"usr/bin", mode=stat.S_IFLNK | 0o777)
+    label = b"system_u:object_r:bin_t:s0\0"
+    labels = serialize([XattrRecord("init", ((SELINUX, label),))], ("security.",))
+    b.put("policy", LABELS_PATH.lstrip("/"), labels)
+    attach_xattrs(b)  # type: ignore[arg-type]
+    records = parse(b.components["core"].entries[".initium/xattrs/core"].data)
+    assert [(r.path, sorted(n for n, _ in r.xattrs)) for r in records] == [("init", [EVM, IMA])]
+    attrs = dict(records[0].xattrs)
+    signer = ImaSigner(str(rsa_key))
+    assert attrs[IMA] == ima_digest(HELLO)
+    assert attrs[EVM][:3] == b"\x05\x02\x04"
+    assert attrs[EVM] == signer.sign_evm({IMA: attrs[IMA], SELINUX: label},
+                                         stat.S_IFREG | 0o755)
+    assert attrs[EVM] != signer.sign_evm({IMA: attrs[IMA]}, stat.S_IFREG | 0o755)
+    # the label list itself has no label for itself here: its signature covers ima only
+    (policy,) = parse(b.components["policy"].entries[".initium/xattrs/policy"].data)
+    assert dict(policy.xattrs)[EVM] == signer.sign_evm({IMA: ima_digest(labels)},
+                                                       stat.S_IFREG | 0o644)
+
+
+@needs_openssl
+def test_evm_sign_key_must_be_a_key(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a key\n")
+    b = FakeBuilder(BuildConfig(evm_sign_key=str(junk)))
+    with pytest.raises(XattrSourceError, match=r"--evm-sign-key .*junk\.pem: not a usable PEM"):
+        attach_xattrs(b)  # type: ignore[arg-type]
 
 
 def test_keep_xattrs_from_the_host_file(tmp_path: Path) -> None:

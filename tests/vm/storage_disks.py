@@ -183,3 +183,87 @@ def verity_disks(directory: str) -> tuple[str, str, str]:
     m = re.search(r"Root hash:\s+([0-9a-f]+)", out)
     assert m, out
     return data, tree, m.group(1)
+
+
+CRYPT_LVM_LUKS_UUID = "7a8b9c0d-1e2f-4a3b-8c4d-5e6f7a8b9c0d"
+CRYPT_LVM_ROOT_UUID = "8b9c0d1e-2f3a-4b4c-9d5e-6f7a8b9c0d1e"
+CRYPT_LVM_SCRIPT = f"""
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+  --uuid {CRYPT_LVM_LUKS_UUID} --key-file /key /dev/vda
+cryptsetup open --key-file /key /dev/vda inner
+lvm pvcreate --config '{LVM_CONFIG}' /dev/mapper/inner
+lvm vgcreate --config '{LVM_CONFIG}' vgcrypt /dev/mapper/inner
+lvm lvcreate --config '{LVM_CONFIG}' -y -Zn -L 20M -n root vgcrypt
+dd if=/dev/vdb of=/dev/mapper/vgcrypt-root bs=1M
+lvm vgchange --config '{LVM_CONFIG}' -an vgcrypt
+cryptsetup close inner
+"""
+
+
+def crypt_lvm_disk(kver: str) -> str:
+    """LVM inside LUKS2: the PV is the opened LUKS volume, the root an LV in it."""
+    def make(directory: str) -> None:
+        disk, fs = os.path.join(directory, "crypt-lvm.img"), os.path.join(directory, "fs.img")
+        _blank(disk, 48)
+        rootdisk.make_filesystem(fs, uuid=CRYPT_LVM_ROOT_UUID, size_mb=16)
+        _run_setup(kver, directory, CRYPT_LVM_SCRIPT, [disk, fs])
+        os.unlink(fs)
+
+    return os.path.join(_cached("crypt-lvm", kver, CRYPT_LVM_SCRIPT, make), "crypt-lvm.img")
+
+
+# Typed on the console: cryptsetup reads a typed passphrase up to the newline,
+# so the keyslot is made from the same bytes without one.
+PASSPHRASE = "initium-typed-passphrase"
+PASS_LUKS_UUID = "9c0d1e2f-3a4b-4c5d-8e6f-7a8b9c0d1e2f"
+PASS_ROOT_UUID = "0d1e2f3a-4b5c-4d6e-9f7a-8b9c0d1e2f3a"
+PASS_SCRIPT = f"""
+printf '%s' '{PASSPHRASE}' > /pass
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+  --uuid {PASS_LUKS_UUID} --key-file /pass /dev/vda
+cryptsetup open --key-file /pass /dev/vda inner
+dd if=/dev/vdb of=/dev/mapper/inner bs=1M
+cryptsetup close inner
+"""
+
+
+def passphrase_disk(kver: str) -> str:
+    def make(directory: str) -> None:
+        disk, fs = os.path.join(directory, "pass.img"), os.path.join(directory, "fs.img")
+        _blank(disk, 40)
+        rootdisk.make_filesystem(fs, uuid=PASS_ROOT_UUID, size_mb=16)
+        _run_setup(kver, directory, PASS_SCRIPT, [disk, fs])
+        os.unlink(fs)
+
+    return os.path.join(_cached("luks-pass", kver, PASS_SCRIPT, make), "pass.img")
+
+
+VICTIM = "/srv/victim"
+
+
+def corrupted_verity_disks(directory: str) -> tuple[str, str, str]:
+    """As verity_disks, then one byte of /srv/victim's data flipped in the data image.
+
+    The hash tree was made from the good data, so the flipped block fails its
+    hash: the file system's metadata is intact and mounts, the file does not
+    read. The root's init reads the file (/etc/initium-read-check) and says how.
+    """
+    data, tree = os.path.join(directory, "verity-data.img"), os.path.join(directory,
+                                                                          "verity-hash.img")
+    victim = b"".join(b"INITIUM-VERITY-VICTIM %06d\n" % i for i in range(512))  # 14 KiB
+    rootdisk.make_filesystem(data, uuid=VERITY_ROOT_UUID, size_mb=16,
+                             extra={VICTIM: victim,
+                                    "/etc/initium-read-check": f"{VICTIM}\n".encode()})
+    _blank(tree, 1)
+    out = subprocess.run(["veritysetup", "format", "--data-block-size=1024",
+                          f"--uuid={VERITY_HASH_UUID}", data, tree],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"Root hash:\s+([0-9a-f]+)", out)
+    assert m, out
+    with open(data, "r+b") as f:
+        image = f.read()
+        at = image.find(b"INITIUM-VERITY-VICTIM 000100\n")
+        assert at > 0 and image.count(b"INITIUM-VERITY-VICTIM 000100\n") == 1
+        f.seek(at)
+        f.write(b"J")  # "I" -> "J"
+    return data, tree, m.group(1)

@@ -154,9 +154,46 @@ def test_selinux_enforcing_boots_a_labelled_root_into_init_t(
     assert result.has(r"labels now: /dev/null=system_u:object_r:null_device_t:s0, "
                       r"/dev/console=system_u:object_r:console_device_t:s0")
     _reached_root(result.output)
-    # PID 1 ran in kernel_t up to here; exec of /sbin/init (init_exec_t on the
-    # labelled root) is refpolicy's kernel_t -> init_t transition.
-    assert result.has(r"^INITIUM-SELINUX enforce=1 pid1=system_u:system_r:init_t:s0"), \
-        result.output[-3000:]
+    # PID 1 left kernel_t for initium_t right after the load (the policy has
+    # policy/initium.te), and exec of /sbin/init (init_exec_t on the labelled
+    # root) took it from there to init_t: /proc/1/attr/prev is the context
+    # before that exec.
+    assert result.has(r"labelled in [\d.]+ s; PID 1 in initium_t")
+    assert result.has(r"^INITIUM-SELINUX enforce=1 pid1=system_u:system_r:init_t:s0 "
+                      r"prev=system_u:system_r:initium_t:s0"), result.output[-3000:]
     assert _denials_before_root(result.output) == []
+    # What the root's init finds: /dev/vda appeared after the load (virtio_blk
+    # is loaded by the modules stage) and was labelled at switch-root.
+    assert result.has(r"nodes made under /dev since the policy load labelled")
+    assert result.has(r"^INITIUM-LABELS /dev/null=system_u:object_r:null_device_t:s0 "
+                      r"/dev/console=system_u:object_r:console_device_t:s0 "
+                      r"/dev/vda=system_u:object_r:fixed_disk_device_t:s0 "
+                      r"/sbin/init=system_u:object_r:init_exec_t:s0"), result.output[-3000:]
     assert not result.has("Kernel panic|Traceback")
+
+
+def test_systemd_252_takes_over_a_loaded_policy_and_ends_in_init_t(
+        boot: BootFn, kver: str, tmp_path: Path, initium_policy: str) -> None:
+    """The handover to the build host's systemd, as docs/selinux.md describes it."""
+    if not Path(rootdisk.SYSTEMD).exists():
+        pytest.skip("systemd is not installed")
+    out = str(tmp_path / "selinux.img")
+    assert main(["build", "--output", out, "--kver", kver, "--module", "virtio_blk",
+                 "--selinux-policy", initium_policy]) == 0
+    disk = str(tmp_path / "systemd.img")
+    rootdisk.make_disk(disk, uuid=ROOT_UUID, selinux_policy=initium_policy, systemd=True,
+                       size_mb=80)
+    result = boot(out, disk, f"root=UUID={ROOT_UUID} security=selinux selinux=1 enforcing=0 "
+                  "systemd.unit=initium-report.service systemd.log_target=kmsg")
+    assert result.has(r"PID 1 in initium_t"), result.output[-4000:]
+    # selinux-setup.c loads the root's policy again although one is loaded
+    # (PID 1's context is not "kernel"), then relabels the API file systems.
+    assert result.has(r"systemd\[1\]: Successfully loaded SELinux policy in"), \
+        result.output[-4000:]
+    assert result.has(r"systemd\[1\]: Relabelled /dev, /dev/shm, /run")
+    # systemd runs in init_t, entered by exec from initium_t; the mode it
+    # keeps is the command line's.
+    assert result.has(r"^INITIUM-SYSTEMD pid1=system_u:system_r:init_t:s0 "
+                      r"prev=system_u:system_r:initium_t:s0 enforce=0 comm=systemd"), \
+        result.output[-4000:]
+    assert not result.has("Kernel panic|Traceback|Freezing execution")

@@ -54,6 +54,28 @@ def test_a_luks_volume_other_than_the_one_named_never_boots(boot: BootFn, kver: 
     assert result.has(POWER_DOWN)
 
 
+def test_lvm_on_luks2_root_with_a_key_file_in_the_image(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The LUKS handler's /dev/mapper volume re-enters the loop as a PV for the LVM handler."""
+    tmp = tmp_path_factory.mktemp("crypt-lvm-image")
+    key = tmp / "root.key"
+    key.write_bytes(sd.KEY)
+    image = _build(str(tmp), kver, "--storage", "luks,lvm", "--include", str(key),
+                   "/etc/keys/root.key")
+    result = boot(image, sd.crypt_lvm_disk(kver),
+                  f"root=/dev/vgcrypt/root rd.luks.uuid={sd.CRYPT_LVM_LUKS_UUID} "
+                  "rd.luks.key=/etc/keys/root.key rd.lvm.lv=vgcrypt/root rd.debug")
+    _booted(result.output)
+    out = result.output[-4000:]
+    # rd.debug shows the helpers: cryptsetup first, then lvm on what it opened.
+    opened = re.search(rf"\+ \S*cryptsetup open --type luks --key-file /etc/keys/root.key "
+                       rf"/dev/vda luks-{sd.CRYPT_LVM_LUKS_UUID}\s", result.output)
+    activated = re.search(r"\+ \S*lvm lvchange -ay --sysinit .* vgcrypt/root\s", result.output)
+    assert opened and activated and opened.start() < activated.start(), out
+    # The root is the LV (dm-1) stacked on the LUKS mapping (dm-0).
+    assert result.has(rf"found /dev/vgcrypt/root: dm-1 \(ext4 UUID={sd.CRYPT_LVM_ROOT_UUID}"), out
+
+
 def test_lvm_logical_volume_root(boot: BootFn, kver: str,
                                  tmp_path_factory: pytest.TempPathFactory) -> None:
     image = _build(str(tmp_path_factory.mktemp("lvm-image")), kver, "--storage", "lvm")
@@ -75,6 +97,78 @@ def test_md_raid1_root(kver: str, tmp_path_factory: pytest.TempPathFactory) -> N
                               timeout=180)
     _booted(output)
     assert re.search(rf"found UUID={sd.MD_ROOT_UUID}: md\d+", output), output[-3000:]
+
+
+def test_md_raid1_with_a_member_missing_boots_degraded_after_rd_md_timeout(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    image = _build(str(tmp_path_factory.mktemp("md-degraded-image")), kver, "--storage", "md")
+    a, _ = sd.md_disks(kver)
+    result = boot(image, a, f"root=UUID={sd.MD_ROOT_UUID} rd.md.timeout=2")
+    out = result.output[-4000:]
+    assert result.has(r"^mdadm: /dev/vda attached to /dev/md/\S+, not enough to start safely"), out
+    assert result.has(r"md arrays still incomplete after 2 s \(rd\.md\.timeout=\): starting "
+                      r"them degraded"), out
+    assert result.has(r"md/raid1:md\d+: active with 1 out of 2 mirrors"), out
+    assert result.has(rf"found UUID={sd.MD_ROOT_UUID}: md\d+"), out
+    _booted(result.output)
+    # Not before the timeout: the member came after the modules, the start 2 s after it.
+    waited = result.kernel_time(r"starting them degraded") - \
+        result.kernel_time(r"initium: modules: loaded")
+    assert waited >= 2.0, f"started degraded {waited:.1f} s after the modules, before the timeout"
+
+
+class Typist:
+    """Types the next passphrase each time cryptsetup's prompt appears once more.
+
+    It waits a moment before typing: cryptsetup prints the prompt, then turns
+    echo off with TCSAFLUSH, which would echo (then drop) keys typed earlier.
+    """
+
+    def __init__(self, prompt: str, passphrases: list[str]) -> None:
+        self.prompt, self.passphrases, self.typed = prompt, passphrases, 0
+
+    def __call__(self, text: str) -> bytes | None:
+        import time
+
+        if text.count(self.prompt) <= self.typed or self.typed >= len(self.passphrases):
+            return None
+        time.sleep(1.5)
+        self.typed += 1
+        return self.passphrases[self.typed - 1].encode() + b"\n"
+
+
+def test_luks2_root_with_a_passphrase_typed_on_the_serial_console(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    image = _build(str(tmp_path_factory.mktemp("luks-pass-image")), kver, "--storage", "luks")
+    disk = sd.passphrase_disk(kver)
+    prompt = "Enter passphrase for /dev/vda"
+    base = f"root=UUID={sd.PASS_ROOT_UUID} rd.luks.uuid={sd.PASS_LUKS_UUID}"
+
+    # A typo first, then the passphrase: the second try opens it.
+    typist = Typist(prompt, ["wrong-guess-one", sd.PASSPHRASE])
+    result = boot(image, disk, base, answer=typist)
+    out = result.output[-4000:]
+    assert result.has(rf"asking for the passphrase of /dev/vda \(LUKS UUID={sd.PASS_LUKS_UUID}\) "
+                      r"on the console \(3 tries\)"), out
+    assert result.output.count(prompt) == 2, out
+    assert result.has(rf"found UUID={sd.PASS_ROOT_UUID}: dm-0"), out
+    _booted(result.output)
+    # Echo off: nothing typed shows on the console.
+    assert sd.PASSPHRASE not in result.output and "wrong-guess-one" not in result.output
+
+    # Wrong every time: tries=2 prompts, then one message and rd.emergency's action.
+    typist = Typist(prompt, ["wrong-guess-one", "wrong-guess-two", sd.PASSPHRASE])
+    result = boot(image, disk, f"{base} rd.luks.options=tries=2 rd.emergency=poweroff",
+                  answer=typist)
+    out = result.output[-4000:]
+    assert not result.has("INITIUM-ROOT-INIT"), "booted with a wrong passphrase"
+    assert result.output.count(prompt) == 2, out
+    assert typist.typed == 2
+    failure = (rf"storage failed: cannot open /dev/vda \(LUKS UUID={sd.PASS_LUKS_UUID}\) with "
+               r"the passphrase typed: no key available with this passphrase or key file")
+    assert len(re.findall(failure, result.output)) == 1, out
+    assert result.has(r"reboot: Power down"), out
+    assert "wrong-guess" not in result.output
 
 
 def test_verity_root_with_a_wrong_hash_refuses_to_boot(
@@ -105,6 +199,57 @@ def test_verity_root_with_a_wrong_hash_refuses_to_boot(
     _booted(good)
     assert re.search(rf"found UUID={sd.VERITY_ROOT_UUID}: dm-0", good), good[-3000:]
     assert os.path.getsize(tree) > 0
+
+
+def test_a_corrupted_verity_block_never_reaches_the_real_init_as_good_data(
+        boot: BootFn, kver: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One byte of a file flipped after veritysetup format; the right root hash.
+
+    The default policy (io-error): the root boots, the file's read fails with
+    EIO. restart-on-corruption on the command line: the machine restarts at
+    that read. panic-on-corruption from the image's config: the kernel panics.
+    """
+    tmp = tmp_path_factory.mktemp("verity-corrupt")
+    image = _build(str(tmp), kver, "--storage", "verity")
+    data, tree, roothash = sd.corrupted_verity_disks(str(tmp))
+    spec = f"initium.verity=/dev/vda,/dev/vdb,{roothash}"
+    restarted = r"reboot: Restarting system"
+    victim = re.escape(sd.VICTIM)
+
+    result = boot(image, None, spec, extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"dm-verity: /dev/vda mapped as /dev/mapper/root, every read checked "
+                      r"against the root hash; a corrupted block reads as an I/O error "
+                      r"\(io-error\)"), out
+    assert result.has(r"found /dev/mapper/root: dm-0"), out
+    _booted(result.output)
+    assert result.has(rf"^INITIUM-READ {victim} failed: .*Input/output error"), out
+    assert result.has(r"device-mapper: verity: 254:0: data block \d+ is corrupted"), out
+    assert not result.has(rf"INITIUM-READ {victim} ok")
+
+    result = boot(image, None, f"{spec},restart-on-corruption",
+                  until=restarted + "|" + POWER_DOWN, extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"a corrupted block restarts the machine \(restart-on-corruption\)"), out
+    _booted(result.output)
+    assert result.has(restarted), out
+    assert not result.has(r"INITIUM-READ"), out
+
+    config = tmp / "panic.toml"
+    config.write_text('storage = ["verity"]\nverity_corruption = "panic-on-corruption"\n')
+    panicking = _build(str(tmp_path_factory.mktemp("verity-panic")), kver, "--config",
+                       str(config))
+    result = boot(panicking, None, f"roothash={roothash} systemd.verity_root_data=/dev/vda "
+                  "systemd.verity_root_hash=/dev/vdb", extra=_disks(data, tree))
+    out = result.output[-4000:]
+    assert result.has(r"a corrupted block panics the kernel \(panic-on-corruption\)"), out
+    _booted(result.output)
+    assert result.has(r"Kernel panic - not syncing: dm-verity device corrupted"), out
+    assert not result.has(r"INITIUM-READ"), out
+
+
+def _disks(*paths: str) -> list[str]:
+    return [a for p in paths for a in ("-drive", f"file={p},format=raw,if=virtio")]
 
 
 EROFS_ROOT_UUID = "7f8091a2-b3c4-45d6-e7f8-091a2b3c4d5e"
