@@ -30,6 +30,7 @@ from typing import Any
 
 from initium import components
 from initium.components import DIGESTS_COMPONENT, DIGESTS_PATH, DigestsError
+from initium.probe import printable
 from initium.xattrlist import LIST_DIR, NAMESPACES, XattrListError
 from initium.xattrlist import parse as parse_xattr_list
 
@@ -81,8 +82,8 @@ class Mismatch:
             where.append(f"image offset {self.offset}")
         if self.inner_offset is not None:
             where.append(f"uncompressed offset {self.inner_offset}")
-        if self.path is not None:
-            where.append(self.path)
+        if self.path is not None:  # from the image: any bytes, a newline included
+            where.append(printable(self.path, limit=512))
         return (", ".join(where) + ": " if where else "") + self.reason
 
 

@@ -336,3 +336,9 @@ def test_timeline_says_why_digests_are_missing() -> None:
 def test_malformed_digests_are_one_error(data: bytes) -> None:
     with pytest.raises(DigestsError):
         components.from_bytes(data)
+
+
+def test_a_mismatch_prints_a_hostile_path_on_one_line() -> None:
+    """A path from a damaged image (found by hypothesis: a newline in a name)."""
+    text = str(Mismatch("not in the manifest", 0, "core", "/a\nb\x1b[2J"))
+    assert text == "component core, image offset 0, /a\\x0ab\\x1b[2J: not in the manifest"
