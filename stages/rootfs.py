@@ -25,7 +25,13 @@ from initium import linux, ops, syscalls
 from initium.initramfs import remove_initramfs
 from initium.record import record
 from initium.stage import JSON, BootContext, Image, Stage, StageError
-from initium.stages.xattrs import RAMFS_KEEPS, ParsedLists, allowed_namespaces, read_lists
+from initium.stages.xattrs import (
+    RAMFS_KEEPS,
+    ParsedLists,
+    allowed_namespaces,
+    enforced,
+    read_lists,
+)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -197,7 +203,7 @@ class Rootfs(Stage):
         if ctx.sys.statfs_type("/") != linux.RAMFS_MAGIC:
             ctx.debug("the initramfs is not on ramfs: nothing to move")
             return
-        enforcing = ctx.cmdline.last("enforcing") == "1"
+        enforcing = enforced(ctx)
         lists = read_lists(ctx, allowed_namespaces(ctx), enforcing)
         ctx.state.put(ParsedLists(tuple(lists)))
         names = sorted({n for _, recs in lists for r in recs for n, _ in r.xattrs})

@@ -248,6 +248,10 @@ class Selinux(Stage):
         start = sys.monotonic()
         try:
             sys.apply(LoadPolicy(policy))
+        except FileNotFoundError:  # listed, but gone (a dangling link, a damaged image)
+            failed(f"no SELinux policy in this image ({policy} is missing)",
+                   "rebuild with --selinux-policy DIR (e.g. /etc/selinux/default)")
+            return
         except OSError as err:
             failed(f"the kernel refused the policy {policy}: {err.strerror}",
                    "is the policy built for this kernel's policy versions? See dmesg")

@@ -46,6 +46,23 @@ def allowed_namespaces(ctx: BootContext) -> tuple[str, ...]:
     return tuple(n for n in data.get("namespaces", ["security."]) if n in NAMESPACES)
 
 
+def enforced(ctx: BootContext) -> bool:
+    """Whether this boot asked for enforcement, so that a damaged list fails closed.
+
+    SELinux enforcing (``enforcing=1``, else the image's ``selinux_mode``) or
+    IMA required (``rd.ima.require_policy=1`` or the image's
+    ``ima_required``): a boot with either must not go on to a shell with
+    files that lack the attributes the list gives them.
+    """
+    data = ctx.plan.stage_data("xattrs")
+    if ctx.cmdline.last("rd.ima.require_policy") == "1" or data.get("ima_required"):
+        return True
+    mode = ctx.cmdline.last("enforcing")
+    if mode is not None:
+        return mode == "1"
+    return data.get("selinux_mode") == "enforcing"
+
+
 class Xattrs(Stage):
     name = "xattrs"
     after = ("early-mounts", "console")
@@ -53,10 +70,12 @@ class Xattrs(Stage):
 
     def install(self, image: Image) -> JSON:
         # The lists themselves are written by the builder with the components.
-        return {"namespaces": list(image.option("xattr_namespaces"))}
+        return {"namespaces": list(image.option("xattr_namespaces")),
+                "ima_required": bool(image.option("ima_required")),
+                "selinux_mode": image.option("selinux_mode")}
 
     def run(self, ctx: BootContext) -> None:
-        enforcing = ctx.cmdline.last("enforcing") == "1"
+        enforcing = enforced(ctx)
         parsed = ctx.state.get(ParsedLists)
         lists = list(parsed.lists) if parsed is not None else \
             read_lists(ctx, allowed_namespaces(ctx), enforcing)

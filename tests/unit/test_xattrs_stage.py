@@ -27,14 +27,15 @@ def lists(**by_component: list[XattrRecord]) -> dict[str, bytes]:
 
 
 def run(files: dict[str, bytes], cmdline: str = "", magic: int = linux.TMPFS_MAGIC,
-        namespaces: list[str] | None = None,
-        fail: str | None = None) -> tuple[MemorySystem, list[str]]:
+        namespaces: list[str] | None = None, fail: str | None = None, *,
+        image: dict[str, object] | None = None) -> tuple[MemorySystem, list[str]]:
     def refuse(_: MemorySystem, op: ops.Op) -> None:
         if isinstance(op, SetXattr) and op.path == fail:
             raise OSError(errno.EOPNOTSUPP, "Operation not supported", op.path)
 
     sys = MemorySystem(files=files, fs_magic=magic, on_apply=refuse)
-    data = {"namespaces": namespaces} if namespaces is not None else {}
+    data: dict[str, object] = {"namespaces": namespaces} if namespaces is not None else {}
+    data.update(image or {})
     plan = Plan("6.1.0-test", (StageEntry("xattrs", "initium.stages.xattrs:Xattrs", data),))
     out: list[str] = []
     ctx = BootContext(sys, Cmdline(), BootOptions(), plan, Console(out.append), stage="xattrs")
@@ -89,10 +90,20 @@ def test_malformed_list_fails_with_offset_and_applies_nothing() -> None:
     assert not err.security
 
 
-def test_malformed_list_fails_closed_when_enforcing() -> None:
+@pytest.mark.parametrize(("cmdline", "image", "closed"), [
+    ("enforcing=1", {}, True),
+    ("rd.ima.require_policy=1", {}, True),
+    ("", {"ima_required": True}, True),
+    ("", {"selinux_mode": "enforcing"}, True),
+    ("enforcing=0", {"selinux_mode": "enforcing"}, False),
+    ("enforcing=0", {"ima_required": True}, True),
+    ("", {"selinux_mode": "permissive"}, False),
+])
+def test_malformed_list_fails_closed_when_enforcing(cmdline: str, image: dict[str, object],
+                                                    closed: bool) -> None:
     with pytest.raises(StageError) as caught:
-        run({"/.initium/xattrs/core": b"zz"}, cmdline="enforcing=1")
-    assert caught.value.security
+        run({"/.initium/xattrs/core": b"zz"}, cmdline=cmdline, image=image)
+    assert caught.value.security is closed
     assert "offset 0x0: truncated record size" in caught.value.cause
 
 

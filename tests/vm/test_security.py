@@ -197,3 +197,49 @@ def test_systemd_252_takes_over_a_loaded_policy_and_ends_in_init_t(
                       r"prev=system_u:system_r:initium_t:s0 enforce=0 comm=systemd"), \
         result.output[-4000:]
     assert not result.has("Kernel panic|Traceback|Freezing execution")
+
+
+def test_enforcing_with_the_policy_gone_stops_and_a_damaged_list_stops(
+        boot: BootFn, kver: str, ext4_disk: str, tmp_path: Path) -> None:
+    """The issue's failure paths, on images damaged after the build.
+
+    A later cpio archive replaces an earlier file (the kernel unpacks them in
+    order, and an entry of another type removes what was there), so an
+    overlay turns the policy into a dangling symlink, or the core's xattr
+    list into bytes that are not one.
+    """
+    import stat
+
+    from initium.packaging.cpio import Entry, write_archive
+    from initium.packaging.selinux import IMAGE_DIR, policy_file
+    from initium.packaging.xattrs import list_path
+
+    if not Path(POLICY, "policy").is_dir():
+        pytest.skip("apt-get install selinux-policy-default")
+    out = tmp_path / "selinux.img"
+    assert main(["build", "--output", str(out), "--kver", kver, "--module", "virtio_blk",
+                 "--selinux-policy", POLICY, "--ima-digest", "--shell"]) == 0
+    policy = f"{IMAGE_DIR}/policy.{policy_file(POLICY)[1]}".lstrip("/")
+    gone = tmp_path / "gone.img"
+    gone.write_bytes(out.read_bytes() + write_archive(
+        [Entry(policy, stat.S_IFLNK | 0o777, b"/nonexistent")]))
+    result = boot(str(gone), ext4_disk,
+                  f"root=UUID={ROOT_UUID} security=selinux selinux=1 enforcing=1 rd.shell",
+                  until=r"System halted|Kernel panic")
+    assert result.has(r"selinux failed: no SELinux policy in this image"), \
+        result.output[-3000:]
+    assert result.has(r"reboot: System halted")
+    assert not result.has(r"starting the emergency shell|INITIUM-ROOT-INIT|Kernel panic")
+
+    damaged = tmp_path / "damaged.img"
+    damaged.write_bytes(out.read_bytes() + write_archive(
+        [Entry(list_path("core"), stat.S_IFREG | 0o644, b"\x00\x00\x00\x07not a list")]))
+    # IMA required: the list is read first by the rootfs stage (it decides on
+    # the tmpfs move), which stops with the offset, fail closed.
+    result = boot(str(damaged), ext4_disk,
+                  f"root=UUID={ROOT_UUID} rd.shell rd.ima.require_policy=1",
+                  until=r"System halted|Kernel panic")
+    assert result.has(r"rootfs failed: /\.initium/xattrs/core: offset 0x0: .*; no xattrs "
+                      r"were applied"), result.output[-3000:]
+    assert result.has(r"reboot: System halted")
+    assert not result.has(r"starting the emergency shell|INITIUM-ROOT-INIT|Kernel panic")
