@@ -49,7 +49,8 @@ class Boot:
 
 BootFn = Callable[..., Boot]
 
-POWER_DOWN = r"reboot: Power down|reboot: System halted|Kernel panic"
+# A panic is waited for to the end of its line: the tests read its reason.
+POWER_DOWN = r"reboot: Power down|reboot: System halted|Kernel panic[^\n]*\n"
 
 
 @pytest.fixture(scope="session")
