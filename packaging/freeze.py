@@ -9,6 +9,7 @@ for the caller to place in lib-dynload with their libraries.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -74,9 +75,60 @@ def _plugin_paths(modules: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
+def _sources_digest(h: hashlib._Hash) -> None:
+    """Feed every file the trace can read from initium's own packages into ``h``."""
+    for rel, directory in sorted(_package_dirs().items()):
+        for here, dirs, files in os.walk(directory):
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            for name in sorted(files):
+                if name.endswith((".py", ".pyi")):
+                    path = os.path.join(here, name)
+                    h.update(f"{rel}:{os.path.relpath(path, directory)}\0".encode())
+                    with open(path, "rb") as f:
+                        h.update(hashlib.sha256(f.read()).digest())
+
+
+def freeze_key(interpreter: str, modules: list[str],
+               interpreter_args: tuple[str, ...]) -> str:
+    """What a freeze depends on: the interpreter's bytes, its arguments, the modules asked
+    for, the helper and every source file of initium (a static interpreter's standard
+    library is inside its own binary, so its digest covers it)."""
+    h = hashlib.sha256()
+    with open(interpreter, "rb") as f:
+        h.update(hashlib.sha256(f.read()).digest())
+    h.update(json.dumps([list(interpreter_args), modules, list(BOOT_EXTRA)]).encode())
+    with open(HELPER, "rb") as f:
+        h.update(hashlib.sha256(f.read()).digest())
+    _sources_digest(h)
+    return h.hexdigest()
+
+
 def freeze(interpreter: str, modules: list[str],
-           interpreter_args: tuple[str, ...] = ()) -> FrozenPython:
-    """Trace and zip; ``interpreter_args`` come first (the static one's ``--hash-seed=0``)."""
+           interpreter_args: tuple[str, ...] = (), cache: str | None = None) -> FrozenPython:
+    """Trace and zip; ``interpreter_args`` come first (the static one's ``--hash-seed=0``).
+
+    With ``cache`` (a directory), a freeze of the same inputs is taken from there: the
+    trace runs the interpreter twice, half of a warm build.  Only initium's own stages
+    are cached (a third-party stage's tree is not digested).
+    """
+    if cache is not None and not _plugin_paths(modules):
+        key = freeze_key(interpreter, modules, interpreter_args)
+        stored = os.path.join(cache, f"{key}.zip")
+        listing = os.path.join(cache, f"{key}.json")
+        if os.path.exists(stored) and os.path.exists(listing):
+            with open(stored, "rb") as f, open(listing, encoding="utf-8") as g:
+                report = json.load(g)
+                return FrozenPython(f.read(), tuple(report["modules"]),
+                                    tuple(report["extensions"]))
+        frozen = freeze(interpreter, modules, interpreter_args)
+        os.makedirs(cache, exist_ok=True)
+        for path, data in ((stored, frozen.zip_bytes), (listing, json.dumps(
+                {"modules": frozen.modules, "extensions": frozen.extensions}).encode())):
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)  # whole or absent, whoever builds beside us
+        return frozen
     with tempfile.TemporaryDirectory(prefix="initium-freeze-") as tmp:
         tree = os.path.join(tmp, "tree")
         _link_tree(tree)

@@ -210,7 +210,8 @@ def static_payload(stage_modules: list[str], emergency: str | None = None,
 
     entry = static_python.ensure(log=log, extras=extras)
     with static_python.trace_interpreter(entry) as trace:
-        frozen = freeze(trace, stage_modules, ("--hash-seed=0",))
+        frozen = freeze(trace, stage_modules, ("--hash-seed=0",),
+                        cache=os.path.join(static_python.cache_root(), "freeze"))
     if frozen.extensions:
         raise InterpreterError("the static interpreter loaded shared extension modules: "
                                f"{', '.join(frozen.extensions)}")

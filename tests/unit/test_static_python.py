@@ -8,6 +8,7 @@ import io
 import os
 import struct
 import zipfile
+from pathlib import Path
 
 import pytest
 from initium import _libc
@@ -134,3 +135,25 @@ def test_ctypes_fallback_offers_what_the_c_module_offers() -> None:
             continue
         func = getattr(_libc, name)
         assert list(inspect.signature(func).parameters) == params, name
+
+
+def test_a_freeze_is_reused_only_for_the_same_inputs(tmp_path: Path) -> None:
+    """The trace is half of a warm build: same inputs, the stored zip; else a new trace."""
+    import shutil
+    import sys
+
+    from initium.packaging.freeze import freeze, freeze_key
+
+    python = str(tmp_path / "python3")
+    shutil.copy(sys.executable, python)
+    cache = str(tmp_path / "cache")
+    first = freeze(python, [], cache=cache)
+    key = freeze_key(python, [], ())
+    assert (tmp_path / "cache" / f"{key}.zip").read_bytes() == first.zip_bytes
+    (tmp_path / "cache" / f"{key}.zip").write_bytes(b"stored")
+    assert freeze(python, [], cache=cache).zip_bytes == b"stored"
+    assert freeze_key(python, [], ("--hash-seed=0",)) != key
+    assert freeze_key(python, ["initium.stages.storage"], ()) != key
+    with open(python, "ab") as f:
+        f.write(b"\0")  # another interpreter: another key, a new trace
+    assert freeze(python, [], cache=cache).zip_bytes == first.zip_bytes
