@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 
 import rootdisk
 from initium import process
@@ -91,13 +92,13 @@ def _run_setup(kver: str, work: str, script: str, disks: list[str]) -> None:
         raise RuntimeError("the setup VM did not finish:\n" + output[-4000:])
 
 
-def _cached(name: str, kver: str, script: str, make: object) -> str:
+def _cached(name: str, kver: str, script: str, make: Callable[[str], None]) -> str:
     key = hashlib.sha256(f"{kver}\n{script}\n{name}".encode()).hexdigest()[:16]
     directory = os.path.join(CACHE, f"{name}-{key}")
     if not os.path.exists(os.path.join(directory, "done")):
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory)
-        make(directory)  # type: ignore[operator]
+        make(directory)
         open(os.path.join(directory, "done"), "w").close()
     return directory
 
@@ -105,6 +106,26 @@ def _cached(name: str, kver: str, script: str, make: object) -> str:
 def _blank(path: str, mb: int) -> None:
     with open(path, "wb") as f:
         f.truncate(mb << 20)
+
+
+def _made_in_vm(kver: str, name: str, script: str, disks: tuple[tuple[str, int], ...],
+                root_uuid: str) -> str:
+    """The directory of a layout ``script`` makes in a first VM boot, cached.
+
+    The VM gets the blank ``disks`` (file name, MiB) as vda, vdb, … and a
+    16 MiB root file system with ``root_uuid`` as the last disk, for the
+    script to copy into what it made.
+    """
+    def make(directory: str) -> None:
+        paths = [os.path.join(directory, file) for file, _ in disks]
+        for path, (_, mb) in zip(paths, disks, strict=True):
+            _blank(path, mb)
+        fs = os.path.join(directory, "fs.img")
+        rootdisk.make_filesystem(fs, uuid=root_uuid, size_mb=16)
+        _run_setup(kver, directory, script, [*paths, fs])
+        os.unlink(fs)
+
+    return _cached(name, kver, script, make)
 
 
 LUKS_SCRIPT = f"""
@@ -117,14 +138,8 @@ cryptsetup close inner
 
 
 def luks_disk(kver: str) -> str:
-    def make(directory: str) -> None:
-        disk, fs = os.path.join(directory, "luks.img"), os.path.join(directory, "fs.img")
-        _blank(disk, 40)
-        rootdisk.make_filesystem(fs, uuid=INNER_UUID, size_mb=16)
-        _run_setup(kver, directory, LUKS_SCRIPT, [disk, fs])
-        os.unlink(fs)
-
-    return os.path.join(_cached("luks", kver, LUKS_SCRIPT, make), "luks.img")
+    directory = _made_in_vm(kver, "luks", LUKS_SCRIPT, (("luks.img", 40),), INNER_UUID)
+    return os.path.join(directory, "luks.img")
 
 
 LVM_SCRIPT = f"""
@@ -137,14 +152,8 @@ lvm vgchange --config '{LVM_CONFIG}' -an vg0
 
 
 def lvm_disk(kver: str) -> str:
-    def make(directory: str) -> None:
-        disk, fs = os.path.join(directory, "lvm.img"), os.path.join(directory, "fs.img")
-        _blank(disk, 40)
-        rootdisk.make_filesystem(fs, uuid=LVM_ROOT_UUID, size_mb=16)
-        _run_setup(kver, directory, LVM_SCRIPT, [disk, fs])
-        os.unlink(fs)
-
-    return os.path.join(_cached("lvm", kver, LVM_SCRIPT, make), "lvm.img")
+    directory = _made_in_vm(kver, "lvm", LVM_SCRIPT, (("lvm.img", 40),), LVM_ROOT_UUID)
+    return os.path.join(directory, "lvm.img")
 
 
 MD_SCRIPT = f"""
@@ -157,16 +166,8 @@ mdadm --stop /dev/md0
 
 
 def md_disks(kver: str) -> tuple[str, str]:
-    def make(directory: str) -> None:
-        a, b = os.path.join(directory, "md-a.img"), os.path.join(directory, "md-b.img")
-        fs = os.path.join(directory, "fs.img")
-        _blank(a, 24)
-        _blank(b, 24)
-        rootdisk.make_filesystem(fs, uuid=MD_ROOT_UUID, size_mb=16)
-        _run_setup(kver, directory, MD_SCRIPT, [a, b, fs])
-        os.unlink(fs)
-
-    directory = _cached("md", kver, MD_SCRIPT, make)
+    directory = _made_in_vm(kver, "md", MD_SCRIPT, (("md-a.img", 24), ("md-b.img", 24)),
+                            MD_ROOT_UUID)
     return os.path.join(directory, "md-a.img"), os.path.join(directory, "md-b.img")
 
 
@@ -202,14 +203,9 @@ cryptsetup close inner
 
 def crypt_lvm_disk(kver: str) -> str:
     """LVM inside LUKS2: the PV is the opened LUKS volume, the root an LV in it."""
-    def make(directory: str) -> None:
-        disk, fs = os.path.join(directory, "crypt-lvm.img"), os.path.join(directory, "fs.img")
-        _blank(disk, 48)
-        rootdisk.make_filesystem(fs, uuid=CRYPT_LVM_ROOT_UUID, size_mb=16)
-        _run_setup(kver, directory, CRYPT_LVM_SCRIPT, [disk, fs])
-        os.unlink(fs)
-
-    return os.path.join(_cached("crypt-lvm", kver, CRYPT_LVM_SCRIPT, make), "crypt-lvm.img")
+    directory = _made_in_vm(kver, "crypt-lvm", CRYPT_LVM_SCRIPT, (("crypt-lvm.img", 48),),
+                            CRYPT_LVM_ROOT_UUID)
+    return os.path.join(directory, "crypt-lvm.img")
 
 
 # Typed on the console: cryptsetup reads a typed passphrase up to the newline,
@@ -228,14 +224,9 @@ cryptsetup close inner
 
 
 def passphrase_disk(kver: str) -> str:
-    def make(directory: str) -> None:
-        disk, fs = os.path.join(directory, "pass.img"), os.path.join(directory, "fs.img")
-        _blank(disk, 40)
-        rootdisk.make_filesystem(fs, uuid=PASS_ROOT_UUID, size_mb=16)
-        _run_setup(kver, directory, PASS_SCRIPT, [disk, fs])
-        os.unlink(fs)
-
-    return os.path.join(_cached("luks-pass", kver, PASS_SCRIPT, make), "pass.img")
+    directory = _made_in_vm(kver, "luks-pass", PASS_SCRIPT, (("pass.img", 40),),
+                            PASS_ROOT_UUID)
+    return os.path.join(directory, "pass.img")
 
 
 VICTIM = "/srv/victim"
