@@ -609,20 +609,39 @@ def host_facts(kver: str, kernel: str, cmdline: str, *, runs: int, builds: int,
     return "\n".join(lines)
 
 
-def write_out(path: str, section: str) -> None:
+def replace_section(path: str, section: str, start: str = START, end: str = END,
+                    heading: str = "Results") -> None:
+    """Put ``section`` between the ``start`` and ``end`` markers of the README.
+
+    Every benchmark script writes its own pair of markers; a file without
+    them gets them appended under ``heading``.
+    """
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
     except FileNotFoundError:
         text = TEMPLATE
-    if START not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n## Results\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+    if start not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n## {heading}\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(f"{head}{START}\n{section.strip()}\n{END}{tail}")
+        f.write(f"{head}{start}\n{section.strip()}\n{end}{tail}")
     os.replace(tmp, path)
+
+
+def write_out(path: str, section: str) -> None:
+    replace_section(path, section)
+
+
+def in_work_dir(keep: str | None, prefix: str, run: Callable[[str], str]) -> str:
+    """``run`` in ``keep`` (created, left for looking at) or in a temporary directory."""
+    if keep:
+        os.makedirs(keep, exist_ok=True)
+        return run(os.path.abspath(keep))
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        return run(work)
 
 
 # -- main ----------------------------------------------------------------------
@@ -739,12 +758,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--runs and --builds must be at least 1")
     if shutil.which("qemu-system-x86_64") is None:
         raise SystemExit("boot.py: qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
-    if args.keep:
-        os.makedirs(args.keep, exist_ok=True)
-        section = run(args, os.path.abspath(args.keep))
-    else:
-        with tempfile.TemporaryDirectory(prefix="initium-bench-") as work:
-            section = run(args, work)
+    section = in_work_dir(args.keep, "initium-bench-", lambda work: run(args, work))
     print(section)
     if args.out:
         write_out(args.out, section)

@@ -28,7 +28,6 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -141,20 +140,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--out", metavar="MD")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="initium-security-") as work:
-        section = run(args.runs, work)
+    section = bench.in_work_dir(None, "initium-security-", lambda work: run(args.runs, work))
     print(section)
     if args.out:
-        with open(args.out, encoding="utf-8") as f:
-            text = f.read()
-        block = f"{START}\n{section}\n{END}"
-        if START in text and END in text:
-            text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n## Security stages\n\n`benchmarks/security.py`. " \
-                + "\n\n" + block + "\n"
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text)
+        bench.replace_section(args.out, section, START, END, "Security stages")
     return 0
 
 

@@ -33,7 +33,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -284,20 +283,6 @@ def run(args: argparse.Namespace, work: str) -> str:
     ])
 
 
-def write_out(path: str, section: str) -> None:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    block = f"{START}\n{section.strip()}\n{END}"
-    if START in text and END in text:
-        text = text[:text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n## Storage layouts\n\n" + block + "\n"
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     ap.add_argument("--runs", type=int, default=3, help="boots per image (default 3)")
@@ -310,15 +295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--runs must be at least 1")
     if shutil.which("qemu-system-x86_64") is None or shutil.which("dracut") is None:
         raise SystemExit("storage.py: needs qemu-system-x86 and dracut-core")
-    if args.keep:
-        os.makedirs(args.keep, exist_ok=True)
-        section = run(args, os.path.abspath(args.keep))
-    else:
-        with tempfile.TemporaryDirectory(prefix="initium-storage-") as work:
-            section = run(args, work)
+    section = bench.in_work_dir(args.keep, "initium-storage-", lambda work: run(args, work))
     print(section)
     if args.out:
-        write_out(args.out, section)
+        bench.replace_section(args.out, section, START, END, "Storage layouts")
     return 0
 
 
