@@ -16,7 +16,7 @@ from initium.process import ProcessError
 from initium.record import record
 from initium.rootspec import RootSpecError, parse_root_spec
 from initium.stage import StageError
-from initium.storage.loop import Handler
+from initium.storage.loop import Declined, Handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -183,12 +183,12 @@ class Crypt(Handler):
         device = entry.device
         uuid = normal_uuid(device.fs.uuid or "") if device.fs else ""
         if not self.enabled:
-            return "LUKS volume, left closed (rd.luks=0)"
+            return Declined("LUKS volume, left closed (rd.luks=0)")
         tab = self._tab_entry(loop, entry)
         if self.uuids and uuid not in self.uuids:
-            return "LUKS volume, left closed: rd.luks.uuid= names another"
+            return Declined("LUKS volume, left closed: rd.luks.uuid= names another")
         if not self.uuids and self.crypttab and tab is None:
-            return f"LUKS volume, left closed: not in {CRYPTTAB}"
+            return Declined(f"LUKS volume, left closed: not in {CRYPTTAB}")
         name = self.names.get(uuid) or (tab.name if tab else None) or f"luks-{uuid}"
         key = self.keys.get(uuid) or self.keys.get(None)
         if key is None and tab is not None and tab.keyfile:

@@ -27,15 +27,13 @@ MAX_DEPTH = 16
 # Made by the host's tools (device-mapper, md, loop): the initramfs has them
 # only when one of its handlers makes them.
 STACKED = ("dm-", "md", "loop")
-# Classifications in which a handler saw the device but would not open it.
-_NOT_OPENED = ("left ", "not added", "incomplete", "mdmon", "no handler", "not a file system")
 # The build flag that brings the handler of a container type.
 _KINDS = {"crypto_LUKS": "luks", "LVM2_member": "lvm", "linux_raid_member": "md"}
 
 
 def opened(entry: Entry) -> bool:
     """Whether a handler of this image takes ``entry`` and makes what sits on it."""
-    return bool(entry.owner) and not any(word in entry.role for word in _NOT_OPENED)
+    return bool(entry.owner) and entry.opened
 
 
 def stack(loop: Assembly, device: BlockDevice) -> tuple[list[str], StageError | None]:
@@ -68,7 +66,7 @@ def stack(loop: Assembly, device: BlockDevice) -> tuple[list[str], StageError | 
             if not opened(entry):
                 fstype = entry.device.fs.fstype if entry.device.fs else ""
                 kind = _KINDS.get(fstype)
-                hint = (f"initium build --storage {kind}" if kind and "no handler" in entry.role
+                hint = (f"initium build --storage {kind}" if kind and not entry.owner
                         else "check the rd.luks/rd.lvm/rd.md options against this device")
                 return StageError(f"the root {device.path} sits on {name}, made from "
                                   f"{entry.describe()}, which this image would not open", hint)

@@ -44,6 +44,17 @@ _CONTAINERS = {
 }
 
 
+class Declined(str):
+    """A handler's classification of a device it saw and will not open.
+
+    rd.luks=0, a UUID the command line does not name, an array mdadm did not
+    take: the dry run tells these from the devices a handler opens by this
+    type, not by the words.
+    """
+
+    __slots__ = ()
+
+
 @record(frozen=False)
 class Entry:
     """One device in the registry and what became of it."""
@@ -53,6 +64,7 @@ class Entry:
     owner: str = ""  # the handler that took it
     hidden: bool = False  # consumed by a mapping (verity data): never answers for root=
     settled: bool = False  # classified for good (not offered to its handler again)
+    opened: bool = False  # its handler opens it (makes what sits on it)
 
     def describe(self) -> str:
         summary = self.device.summary()
@@ -63,8 +75,9 @@ class Handler:
     """A kind of storage the loop can assemble; one instance per boot.
 
     ``claim`` is offered every new device whose type is in ``fstypes`` and
-    returns the device's classification, or None to be offered it again on
-    the next turn (waiting for a key device, say). ``tick`` runs once per
+    returns the device's classification (a ``Declined`` one when it will
+    not open the device), or None to be offered it again on the next turn
+    (waiting for a key device, say). ``tick`` runs once per
     turn for work that depends on time or on several devices (a degraded
     array, a verity pair). ``missing`` names what the command line requires
     that is not there yet; the loop does not end while it is non-empty.
@@ -150,6 +163,7 @@ class Assembly:
             role = handler.claim(self, entry)
             if role is not None:
                 entry.role, entry.owner, entry.settled = role, handler.name, True
+                entry.opened = not isinstance(role, Declined)
         for handler in self.handlers:
             handler.tick(self)
         return current

@@ -13,7 +13,7 @@ from __future__ import annotations
 from initium import ops
 from initium.process import ProcessError
 from initium.stage import StageError
-from initium.storage.loop import Handler
+from initium.storage.loop import Declined, Handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ class Lvm(Handler):
 
     def claim(self, loop: Assembly, entry: Entry) -> str | None:
         if not self.enabled:
-            return "LVM2 physical volume, left inactive (rd.lvm=0)"
+            return Declined("LVM2 physical volume, left inactive (rd.lvm=0)")
         if self.lvs:
             argv = [self.tool, "lvchange", "-ay", "--sysinit", "--config", CONFIG, *self.lvs]
         else:
@@ -60,7 +60,7 @@ class Lvm(Handler):
         if self.status != 0:
             self.ctx.warn(f"lvm exited with status {self.status} after {entry.device.name} "
                           "appeared; trying again with the next physical volume")
-            return "LVM2 physical volume, activation incomplete"
+            return Declined("LVM2 physical volume, activation incomplete")
         return "LVM2 physical volume, volumes activated"
 
     def missing(self, loop: Assembly) -> list[str]:

@@ -14,7 +14,7 @@ from initium import ops
 from initium.probe import printable
 from initium.process import ProcessError
 from initium.stage import StageError
-from initium.storage.loop import Handler
+from initium.storage.loop import Declined, Handler
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,18 +57,18 @@ class Md(Handler):
         device = entry.device
         uuid = uuid_digits(device.fs.uuid or "") if device.fs else ""
         if not self.enabled:
-            return "md RAID member, left alone (rd.md=0)"
+            return Declined("md RAID member, left alone (rd.md=0)")
         if self.uuids and uuid not in self.uuids:
-            return "md RAID member, left alone: rd.md.uuid= names another array"
+            return Declined("md RAID member, left alone: rd.md.uuid= names another array")
         if device.fs is not None and device.fs.fstype != "linux_raid_member":
-            return "RAID member whose metadata needs mdmon, which initium does not run"
+            return Declined("RAID member whose metadata needs mdmon, which initium does not run")
         self.seen.add(uuid)
         if self.first is None:
             self.first = self.ctx.sys.monotonic()
         status = self._run(["--incremental", device.path])
         if status != 0:
             self.ctx.warn(f"mdadm --incremental {device.path} exited with status {status}")
-            return f"md RAID member, not added (mdadm status {status})"
+            return Declined(f"md RAID member, not added (mdadm status {status})")
         return "md RAID member, added to its array"
 
     def tick(self, loop: Assembly) -> None:

@@ -156,6 +156,7 @@ class Verity(Handler):
         for entry, role in ((data, "verity data"), (hashes, "verity hash tree")):
             if entry is not None:
                 entry.hidden, entry.role, entry.owner = True, role, self.name
+                entry.opened = True  # the mapping is made from it
         if data is None or hashes is None:
             return
         argv = (self.tool, "open", *self.flags, data.device.path, NAME, hashes.device.path,

@@ -173,3 +173,20 @@ def test_a_partition_of_an_md_array_is_traced_through_its_array(
             with pytest.raises(StageError, match=r"the root /dev/md127p1 sits on md127, made "
                                r"from vda \(linux_raid_member.*no handler in this image"):
                 run_both(m)
+
+
+def test_a_verity_root_is_made_from_its_data_and_hash_devices(
+        images: dict[str, bytes]) -> None:  # noqa: F811
+    """The data and hash devices belong to the verity handler: opened, not "left"."""
+    roothash = "ab" * 32
+    m, _ = storage_machine(f"roothash={roothash} systemd.verity_root_data=/dev/vda "
+                           "systemd.verity_root_hash=/dev/vdb root=/dev/mapper/root",
+                           {"vda": images["root"], "vdb": bytes(1 << 20)},
+                           {"verity": "/usr/sbin/veritysetup"})
+    m.sys.files.update(mapped("dm-0", images["root"], 200, "root",  # type: ignore[attr-defined]
+                              "CRYPT-VERITY-x", members=("vda", "vdb")))
+    m.sys.dry_run = True  # type: ignore[attr-defined]
+    run_both(m)
+    text = m.text  # type: ignore[attr-defined]
+    assert "storage handlers in this image: verity" in text, text
+    assert "the root /dev/dm-0 would be assembled: dm-0 on vda" in text, text
