@@ -252,11 +252,10 @@ def test_crypttab_parser() -> None:
         parse_crypttab("../x /dev/vda\n")
 
 
-def test_lvm_activates_named_lvs_and_waits_for_them(images: dict[str, bytes]) -> None:  # noqa: F811
+def pv_image() -> bytes:
+    """1 MiB whose first sector holds an LVM2 physical volume label (its crc is LVM's)."""
     import struct
     import zlib
-
-    from initium.stages.storage import Storage
 
     pv = bytearray(1 << 20)
     label = bytearray(512)
@@ -267,8 +266,14 @@ def test_lvm_activates_named_lvs_and_waits_for_them(images: dict[str, bytes]) ->
     struct.pack_into("<I", label, 16, zlib.crc32(bytes(label[20:]), 0xF597A6CF ^ 0xFFFFFFFF)
                      ^ 0xFFFFFFFF)
     pv[512:1024] = label
+    return bytes(pv)
+
+
+def test_lvm_activates_named_lvs_and_waits_for_them(images: dict[str, bytes]) -> None:  # noqa: F811
+    from initium.stages.storage import Storage
+
     m, spawned = storage_machine("root=/dev/vg0/root rd.lvm.lv=vg0/root rd.timeout=1",
-                                 {"vda": bytes(pv)}, {"lvm": "/usr/sbin/lvm"})
+                                 {"vda": pv_image()}, {"lvm": "/usr/sbin/lvm"})
     try:
         Storage().run(m.ctx)  # type: ignore[attr-defined]
     except StageError as err:

@@ -8,30 +8,14 @@ and refuse when the image could not make the root the host made.
 
 from __future__ import annotations
 
-import struct
-import zlib
-
 import pytest
 from initium.stage import StageError
 from initium.stages.root import Root
 
 from tests.unit.test_stages import ROOT_UUID, disk, images, root_machine  # noqa: F401
-from tests.unit.test_storage import LUKS_UUID, luks_header, storage_machine
+from tests.unit.test_storage import LUKS_UUID, luks_header, pv_image, storage_machine
 
 CRYPTSETUP, LVM = "/usr/sbin/cryptsetup", "/usr/sbin/lvm"
-
-
-def pv_image() -> bytes:
-    pv = bytearray(1 << 20)
-    label = bytearray(512)
-    label[0:8] = b"LABELONE"
-    struct.pack_into("<QII", label, 8, 1, 0, 32)
-    label[24:32] = b"LVM2 001"
-    label[32:64] = b"abcdefABCDEF0123456789ghijklmnop"
-    struct.pack_into("<I", label, 16, zlib.crc32(bytes(label[20:]), 0xF597A6CF ^ 0xFFFFFFFF)
-                     ^ 0xFFFFFFFF)
-    pv[512:1024] = label
-    return bytes(pv)
 
 
 def mapped(name: str, image: bytes, minor: int, dm_name: str, dm_uuid: str, *,
