@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 from initium.packaging.xattrs import EVM, IMA, SELINUX, ImaSigner, ima_digest
 
+from tests.keys import self_signed
+
 pytestmark = pytest.mark.skipif(shutil.which("evmctl") is None or shutil.which("openssl")
                                 is None, reason="no evmctl (apt-get install ima-evm-utils) "
                                                 "or no openssl")
@@ -48,11 +50,7 @@ def tmpfs() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("evm-key")
-    pem, der = folder / "evm.pem", folder / "evm.der"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(pem), "-subj", "/CN=initium evm", "-days", "1", "-outform", "DER",
-                    "-out", str(der)], check=True, capture_output=True)
-    return pem, der
+    return self_signed(folder / "evm.pem", folder / "evm.der", "initium evm")
 
 
 def _evmctl(*args: str) -> subprocess.CompletedProcess[str]:

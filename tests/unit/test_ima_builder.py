@@ -24,6 +24,8 @@ from initium.packaging.ima import (
     plan_data,
 )
 
+from tests.keys import self_signed
+
 POLICY = b"# appraise what runs from the initramfs\nappraise func=BPRM_CHECK fsmagic=0x01021994\n\n"
 
 
@@ -32,10 +34,7 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("no openssl")
     folder = tmp_path_factory.mktemp("cert")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(folder / "key.pem"), "-subj", "/CN=initium test", "-days", "2",
-                    "-outform", "DER", "-out", str(folder / "ima cert.der")],
-                   check=True, capture_output=True)
+    self_signed(folder / "key.pem", folder / "ima cert.der")
     return folder / "ima cert.der"
 
 

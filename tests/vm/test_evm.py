@@ -38,6 +38,7 @@ from pathlib import Path
 import pytest
 from initium.cli import main
 
+from tests.keys import self_signed
 from tests.vm.conftest import ROOT_UUID, BootFn
 
 pytestmark = pytest.mark.vm
@@ -113,10 +114,7 @@ def _reached_root(output: str) -> None:
 def test_portable_evm_signatures_are_checked_at_boot(
         boot: BootFn, kver: str, ext4_disk: str, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    key, cert = tmp_path / "evm.pem", tmp_path / "evm.der"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-subj", "/CN=initium evm test", "-days", "2", "-outform", "DER",
-                    "-out", str(cert)], check=True, capture_output=True)
+    key, cert = self_signed(tmp_path / "evm.pem", tmp_path / "evm.der", "initium evm test")
     (tmp_path / "evm_probe_initium.py").write_text(PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
     policy = tmp_path / "policy"
@@ -228,10 +226,7 @@ def test_with_selinux_the_boot_label_is_signed(boot: BootFn, kver: str, ext4_dis
     stage labels busybox before EVM is on, and the builder signed that label."""
     if not Path(SELINUX_POLICY, "policy").is_dir():
         pytest.skip("apt-get install selinux-policy-default")
-    key, cert = tmp_path / "evm.pem", tmp_path / "evm.der"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(key), "-subj", "/CN=initium evm test", "-days", "2", "-outform", "DER",
-                    "-out", str(cert)], check=True, capture_output=True)
+    key, cert = self_signed(tmp_path / "evm.pem", tmp_path / "evm.der", "initium evm test")
     (tmp_path / "evm_label_probe_initium.py").write_text(LABEL_PROBE)
     monkeypatch.syspath_prepend(str(tmp_path))
     policy = tmp_path / "policy"

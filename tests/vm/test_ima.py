@@ -10,12 +10,12 @@ the kernel cannot parse exercises the refusal path on every kernel.
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 from initium.cli import main
 
+from tests.keys import self_signed
 from tests.vm.conftest import ROOT_UUID, BootFn
 
 pytestmark = pytest.mark.vm
@@ -88,9 +88,7 @@ def _build(tmp: Path, kver: str, name: str, *extra: str, config: str = "") -> st
 def test_a_self_made_key_with_ima_required(boot: BootFn, kver: str, ext4_disk: str,
                                            tmp_path: Path) -> None:
     cert = tmp_path / "self-made.der"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
-                    str(tmp_path / "key.pem"), "-subj", "/CN=initium self-made", "-days", "2",
-                    "-outform", "DER", "-out", str(cert)], check=True, capture_output=True)
+    self_signed(tmp_path / "key.pem", cert, "initium self-made")
     policy = tmp_path / "policy"
     policy.write_text(MEASURE)
     image = _build(tmp_path, kver, "key", "--shell", "--ima-cert", str(cert),
