@@ -115,6 +115,24 @@ class WriteKernelFile(ops.Op):
         return None
 
 
+# The last rules table read, by (path, size, mtime): the switch-root pass
+# reads the same 380 KB table as the first, whose unmarshalling and
+# indexing cost tens of milliseconds under emulation.
+_RULES: dict[tuple[str, int, int], Rules] = {}
+
+
+def _load_rules(path: str) -> Rules:
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        key = (path, st.st_size, st.st_mtime_ns)
+        rules = _RULES.get(key)
+        if rules is None:
+            rules = Rules.from_data(marshal.loads(f.read(MAX_RULES_BYTES)))
+            _RULES.clear()
+            _RULES[key] = rules
+    return rules
+
+
 @record
 class Relabel(ops.Op):
     """Label every file under ``tops`` (mounts included) from the builder's boot rules.
@@ -139,8 +157,7 @@ class Relabel(ops.Op):
 
     def perform(self, sys: System) -> tuple[int, tuple[str, ...], tuple[str, ...],
                                             frozenset[tuple[int, int]]]:
-        with open(self.rules, "rb") as f:
-            rules = Rules.from_data(marshal.loads(f.read(MAX_RULES_BYTES)))
+        rules = _load_rules(self.rules)
         done, failed = 0, []
         visited: set[tuple[int, int]] = set()
 

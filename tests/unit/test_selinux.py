@@ -315,3 +315,23 @@ def test_the_domain_only_when_the_policy_declares_initium_t(tmp_path: object) ->
     with open(os.path.join(directory, "contexts", "initrc_context"), "w") as f:
         f.write("system_u:system_r:initrc_t:s0-s15:c0.c1023\n")
     assert domain_context(directory, with_it) == "system_u:system_r:initium_t:s0-s15:c0.c1023"
+
+
+def test_the_rules_table_is_read_once_for_both_passes(tmp_path: object) -> None:
+    import marshal as m
+    import time
+
+    from initium.stages.selinux import _load_rules
+
+    path = os.path.join(str(tmp_path), "rules.marshal")
+    data, _ = Labeller(parse_file_contexts(CONTEXTS)).boot_rules()
+    with open(path, "wb") as f:
+        f.write(m.dumps(data, 2))
+    first = _load_rules(path)
+    assert _load_rules(path) is first
+    assert first.lookup("/dev/null", stat.S_IFCHR) == (True, "system_u:object_r:null_device_t:s0")
+    time.sleep(0.01)
+    with open(path, "wb") as f:  # another table: read again
+        f.write(m.dumps({"exact": {}, "specs": []}, 2))
+    assert _load_rules(path) is not first
+    assert _load_rules(path).lookup("/dev/null", stat.S_IFCHR) == (False, None)
